@@ -1,0 +1,23 @@
+"""dc_zoo: Diffusion Classifier as a zero-shot model of the CLIP_benchmark / timm zoo.
+
+Li, Prabhudesai, Duggal, Brown, Pathak, "Your Diffusion Model is Secretly a Zero-Shot
+Classifier", ICCV 2023 (arXiv 2303.16203).
+"""
+from .backends import DenoiserBackend, DiffusionBackend, DiTBackend, StableDiffusionBackend
+from .candidates import CandidateSet
+from .classifier import DiffusionClassifier
+from .config import PreprocessConfig, ScoringConfig
+from .engine import EngineResult, NonFiniteScoreError, score_candidates
+from .noise import sample_noise
+from .noise_schedules import DiscreteDiffusionSchedule, FlowMatchingSchedule, schedule_from_scheduler
+from .outputs import ClassificationOutput
+from .timestep_plan import TimestepPlan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DiffusionClassifier", "ClassificationOutput", "ScoringConfig", "PreprocessConfig",
+    "TimestepPlan", "CandidateSet", "score_candidates", "EngineResult", "NonFiniteScoreError",
+    "sample_noise", "DiscreteDiffusionSchedule", "FlowMatchingSchedule", "schedule_from_scheduler",
+    "DiffusionBackend", "StableDiffusionBackend", "DiTBackend", "DenoiserBackend",
+]

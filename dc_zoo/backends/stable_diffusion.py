@@ -1,0 +1,76 @@
+"""Stable Diffusion family (SD 1.x, 2.x base and 768 px v-prediction) through diffusers.
+
+Components are the pipeline's own (``UNet2DConditionModel``, ``CLIPTextModel`` +
+``CLIPTokenizer``, ``AutoencoderKL``, the scheduler's training schedule), never forked. The
+prediction target follows ``scheduler.config.prediction_type``, so v-prediction checkpoints,
+which the original code could not score, work unchanged. Prompts are tokenized to the
+tokenizer's 77 tokens and encoded once; no classifier-free guidance (w = 0 was best).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..config import PreprocessConfig
+from ..noise_schedules import schedule_from_scheduler
+from .base import DiffusionBackend
+from .latent import encode_with_vae
+
+__all__ = ["StableDiffusionBackend"]
+
+
+class StableDiffusionBackend(DiffusionBackend):
+    """Text-conditional latent diffusion: scores prompts by epsilon/v prediction error."""
+
+    conditioning = "text"
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler,
+                 preprocess: PreprocessConfig | None = None, text_chunk_size: int = 64):
+        super().__init__()
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.schedule = schedule_from_scheduler(scheduler)
+        size = getattr(unet.config, "sample_size", 64) * (2 ** (len(vae.config.block_out_channels) - 1))
+        self.preprocess = preprocess or PreprocessConfig(size=int(size))
+        self.text_chunk_size = text_chunk_size
+
+    @classmethod
+    def from_pipeline(cls, pipe, preprocess: PreprocessConfig | None = None) -> "StableDiffusionBackend":
+        """Take the components of a loaded ``StableDiffusionPipeline``."""
+        return cls(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, preprocess)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return encode_with_vae(self.vae, pixels)
+
+    @torch.inference_mode()
+    def encode_conditions(self, conditions: Sequence[Any]) -> torch.Tensor:
+        prompts = list(conditions)
+        bad = [p for p in prompts if not isinstance(p, str)]
+        if bad:
+            raise TypeError(
+                f"Stable Diffusion candidates are prompts (str); got {type(bad[0]).__name__} {bad[0]!r}."
+            )
+        device = next(self.text_encoder.parameters()).device
+        use_mask = bool(getattr(self.text_encoder.config, "use_attention_mask", False))
+        out = []
+        for start in range(0, len(prompts), self.text_chunk_size):
+            tokens = self.tokenizer(
+                prompts[start : start + self.text_chunk_size],
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            mask = tokens.attention_mask.to(device) if use_mask else None
+            out.append(self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0])
+        return torch.cat(out).to(self.unet.dtype)
+
+    def unconditional(self) -> torch.Tensor:
+        return self.encode_conditions([""])
+
+    def denoise(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        return self.unet(x_t.to(self.unet.dtype), timesteps, encoder_hidden_states=conditions).sample

@@ -1,0 +1,244 @@
+"""``DiffusionClassifier``: a backend, a scoring config and images in; predictions out.
+
+Composes the three layers: the backend (networks from diffusers or your own), the engine
+(adaptive stages over shared noise) and candidates (prompts or labels per class).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Hashable, Mapping, Sequence
+
+import torch
+
+from .backends.base import DiffusionBackend
+from .candidates import CandidateSet, ranking_logits
+from .config import PreprocessConfig, ScoringConfig
+from .engine import EngineResult, NonFiniteScoreError, score_candidates
+from .noise import image_key
+from .outputs import ClassificationOutput
+from .preprocess import as_image_list, to_pixels
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DiffusionClassifier"]
+
+
+class DiffusionClassifier:
+    """Zero-shot classifier from a conditional diffusion model (Li et al., ICCV 2023).
+
+    Args:
+        backend: the model family wrapper (``StableDiffusionBackend``, ``DiTBackend``,
+            ``DenoiserBackend``).
+        scoring: stages, loss, seed, batch size (default: the paper's 50/500, keep 5/1, l2).
+        preprocess: image preparation; defaults to the backend's (from the model entry).
+        templates: default prompt templates for text models, e.g. ``("a photo of a {}.",)``.
+        image_batch_size: images scored together; their work is packed into shared batches.
+    """
+
+    def __init__(self, backend: DiffusionBackend, scoring: ScoringConfig | None = None,
+                 preprocess: PreprocessConfig | None = None, templates: Sequence[str] = ("{}",),
+                 image_batch_size: int = 8):
+        self.backend = backend
+        self.scoring = scoring or ScoringConfig()
+        self.preprocess = preprocess or backend.preprocess
+        self.templates = tuple(templates)
+        self.image_batch_size = int(image_batch_size)
+        self._condition_cache: dict[tuple, Any] = {}
+        self.entry: Any = None  # set by the factory for zoo models
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pipeline(cls, pipe, **kwargs) -> "DiffusionClassifier":
+        """From a loaded diffusers pipeline (Stable Diffusion or DiT)."""
+        from .backends import DiTBackend, StableDiffusionBackend
+
+        if hasattr(pipe, "unet") and hasattr(pipe, "text_encoder"):
+            backend = StableDiffusionBackend.from_pipeline(pipe)
+        elif hasattr(pipe, "transformer") and getattr(pipe.transformer.config, "num_embeds_ada_norm", None):
+            backend = DiTBackend.from_pipeline(pipe)
+        else:
+            raise ValueError(
+                f"No backend supports pipeline {type(pipe).__name__}; supported: StableDiffusionPipeline-"
+                "layout (unet, vae, text_encoder, tokenizer, scheduler) and DiTPipeline-layout models."
+            )
+        return cls(backend, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name: str, **kwargs) -> "DiffusionClassifier":
+        """By zoo name, ``hf-hub:org/repo[@rev]`` or local directory (see ``dc_zoo.create_model``)."""
+        from ._factory import create_model
+
+        return create_model(name, **kwargs)
+
+    # ------------------------------------------------------------------ candidates
+    def candidates(self, classes: Sequence[Any] | None = None, *,
+                   prompts: Mapping[str, Sequence[str]] | None = None,
+                   templates: Sequence[str] | None = None) -> CandidateSet:
+        """Build the candidate set for ``classes`` (names or labels) or explicit ``prompts``."""
+        if (classes is None) == (prompts is None):
+            raise ValueError("Give exactly one of classes=[...] or prompts={class: [prompt, ...]}.")
+        if self.backend.conditioning == "class_label":
+            if prompts is not None:
+                raise ValueError("This model is class-conditional: pass classes=[labels or names], not prompts.")
+            return self._label_candidates(list(classes))
+        if prompts is not None:
+            return CandidateSet.from_prompts(prompts)
+        classes = list(classes)
+        if any(not isinstance(c, str) for c in classes):
+            raise TypeError("Text-conditional models take class names (str); got "
+                            f"{[c for c in classes if not isinstance(c, str)][:3]}.")
+        return CandidateSet.from_classes(classes, templates if templates is not None else self.templates)
+
+    def _label_candidates(self, classes: list[Any]) -> CandidateSet:
+        if not classes:
+            raise ValueError("The class list is empty; give at least two class labels or names.")
+        names = self.backend.label_names() or {}
+        if all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+            return CandidateSet.from_labels(classes, [names.get(c, str(c)) for c in classes])
+        lookup: dict[str, int] = {}
+        for label, name in names.items():
+            for alias in str(name).split(","):
+                lookup.setdefault(alias.strip().lower(), label)
+        labels = []
+        for c in classes:
+            if isinstance(c, int):
+                labels.append(c)
+            elif str(c).strip().lower() in lookup:
+                labels.append(lookup[str(c).strip().lower()])
+            else:
+                import difflib
+
+                close = difflib.get_close_matches(str(c).lower(), list(lookup), n=3)
+                raise KeyError(f"Class name {c!r} is not one of this model's labels; close matches: {close}. "
+                               "Pass integer labels to be explicit.")
+        return CandidateSet.from_labels(labels, [str(c) for c in classes])
+
+    def encode_candidates(self, candidates: CandidateSet) -> Any:
+        """Conditioning for a candidate set, computed once per distinct set and cached."""
+        key = tuple(candidates.conditions)
+        if key not in self._condition_cache:
+            self._condition_cache.clear()
+            self._condition_cache[key] = self.backend.encode_conditions(list(candidates.conditions))
+        return self._condition_cache[key]
+
+    # ------------------------------------------------------------------ scoring
+    def score_pixels(self, pixels: torch.Tensor, candidates: CandidateSet, sample_keys: Sequence[Hashable],
+                     scoring: ScoringConfig | None = None, noise: torch.Tensor | None = None,
+                     on_batch=None) -> EngineResult:
+        """Engine call on already preprocessed pixels (``[B, 3, S, S]`` in [-1, 1])."""
+        scoring = scoring or self.scoring
+        x0 = self.backend.encode_images(pixels.to(self.backend.device))
+        conditions = self.encode_candidates(candidates)
+        return score_candidates(
+            self.backend.denoise, self.backend.schedule, x0, conditions, scoring,
+            sample_keys=sample_keys, noise=noise, model_dtype=self.backend.dtype, on_batch=on_batch,
+        )
+
+    def classify(self, images: Any, classes: Sequence[Any] | None = None, *,
+                 prompts: Mapping[str, Sequence[str]] | None = None,
+                 templates: Sequence[str] | None = None,
+                 sample_keys: Sequence[Hashable] | None = None,
+                 labels: Sequence[int] | None = None,
+                 scoring: ScoringConfig | None = None,
+                 progress: bool = False,
+                 return_timestep_errors: bool = False) -> ClassificationOutput:
+        """Classify images against class names / labels or explicit prompts.
+
+        Args:
+            images: PIL images, numpy arrays, a ``[B, 3, H, W]`` tensor or a list of them.
+            classes: class names (text models) or labels/names (class-conditional models).
+            prompts: alternatively ``{class_name: [prompt, ...]}`` (each prompt a candidate).
+            templates: prompt templates for ``classes`` (default: the classifier's).
+            sample_keys: each image's identity for its noise (default: a content hash, so the
+                result does not depend on order or batching).
+            labels: true labels, only to show running accuracy in the progress bar.
+            scoring: override the classifier's ``ScoringConfig`` for this call.
+            progress: show a tqdm bar (images, running accuracy, evaluations/image, ETA).
+            return_timestep_errors: keep the per-(candidate, timestep) errors.
+
+        Returns:
+            A ``ClassificationOutput``.
+
+        Raises:
+            NonFiniteScoreError: carries ``.completed`` (outputs of the images finished before).
+        """
+        scoring = scoring or self.scoring
+        candidates = self.candidates(classes, prompts=prompts, templates=templates)
+        items = as_image_list(images)
+        if not items:
+            raise ValueError("No images given.")
+        if sample_keys is not None and len(sample_keys) != len(items):
+            raise ValueError(f"Got {len(sample_keys)} sample_keys for {len(items)} images.")
+        if labels is not None and len(labels) != len(items):
+            raise ValueError(f"Got {len(labels)} labels for {len(items)} images.")
+        outputs: list[ClassificationOutput] = []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(items), unit="img", desc="diffusion-classifier", dynamic_ncols=True)
+        correct, done, start = 0, 0, time.perf_counter()
+        try:
+            for lo in range(0, len(items), self.image_batch_size):
+                chunk = items[lo : lo + self.image_batch_size]
+                pixels = to_pixels(chunk, self.preprocess)
+                keys = list(sample_keys[lo : lo + len(chunk)]) if sample_keys is not None else [image_key(p) for p in pixels]
+                try:
+                    result = self.score_pixels(pixels, candidates, keys, scoring)
+                except NonFiniteScoreError as err:
+                    err.completed = _concat(outputs) if outputs else None
+                    raise
+                out = self.to_output(result, candidates, keep_timestep_errors=return_timestep_errors)
+                outputs.append(out)
+                done += len(chunk)
+                if bar is not None:
+                    postfix = {"evals/img": int(out.evaluations[0])}
+                    if labels is not None:
+                        correct += int((out.predictions.cpu() == torch.as_tensor(labels[lo : lo + len(chunk)])).sum())
+                        postfix["acc"] = f"{100.0 * correct / done:.1f}%"
+                    postfix["s/img"] = f"{(time.perf_counter() - start) / done:.2f}"
+                    bar.set_postfix(postfix)
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        return _concat(outputs)
+
+    def to_output(self, result: EngineResult, candidates: CandidateSet,
+                  keep_timestep_errors: bool = False) -> ClassificationOutput:
+        """Class-level output from an engine result (best prompt per class)."""
+        errors, stage, _ = candidates.reduce(result.candidate_errors, result.stage_reached)
+        class_index = torch.tensor(candidates.class_index, device=result.prediction.device)
+        return ClassificationOutput(
+            predictions=class_index[result.prediction].cpu(),
+            class_names=candidates.class_names,
+            logits=ranking_logits(errors, stage).cpu(),
+            errors=errors.cpu(),
+            stage_reached=stage.cpu(),
+            evaluations=result.evaluations.cpu(),
+            candidate_errors=result.candidate_errors.cpu(),
+            sample_keys=list(result.sample_keys),
+            timesteps=result.plan.timesteps,
+            stage_positions=result.plan.stage_positions,
+            timestep_errors=result.timestep_errors.cpu() if keep_timestep_errors else None,
+        )
+
+    def __repr__(self) -> str:
+        return (f"DiffusionClassifier(backend={type(self.backend).__name__}, scoring={self.scoring}, "
+                f"preprocess={self.preprocess})")
+
+
+def _concat(outputs: list[ClassificationOutput]) -> ClassificationOutput:
+    first = outputs[0]
+    if len(outputs) == 1:
+        return first
+    cat = lambda name: torch.cat([getattr(o, name) for o in outputs])  # noqa: E731
+    return ClassificationOutput(
+        predictions=cat("predictions"), class_names=first.class_names, logits=cat("logits"),
+        errors=cat("errors"), stage_reached=cat("stage_reached"), evaluations=cat("evaluations"),
+        candidate_errors=cat("candidate_errors"),
+        sample_keys=[k for o in outputs for k in o.sample_keys],
+        timesteps=first.timesteps, stage_positions=first.stage_positions,
+        timestep_errors=cat("timestep_errors") if first.timestep_errors is not None else None,
+    )

@@ -1,0 +1,66 @@
+"""Typed configuration: how images are prepared and how candidates are scored.
+
+Preprocessing and scoring are separate on purpose: the first belongs to a model (its entry
+fixes resolution, interpolation and crop), the second to an experiment (stages, loss, seed).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .losses import LOSSES
+
+__all__ = ["PreprocessConfig", "ScoringConfig", "INTERPOLATIONS", "CROPS"]
+
+INTERPOLATIONS = ("bicubic", "bilinear", "lanczos", "nearest")
+CROPS = ("center", "adm_center")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a PIL image or tensor becomes the model's input in ``[-1, 1]`` (mean/std 0.5)."""
+
+    size: int = 512  # short side resized to this, then a square crop of this size
+    interpolation: str = "bicubic"  # the paper's default; bilinear and lanczos also allowed
+    crop: str = "center"  # "center" (torchvision) or "adm_center" (DiT / ADM's box-then-bicubic)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r} unknown; choose one of {INTERPOLATIONS}.")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop {self.crop!r} unknown; choose one of {CROPS}.")
+        if int(self.size) < 1:
+            raise ValueError(f"size must be a positive integer, got {self.size!r}.")
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """The Diffusion Classifier experiment: adaptive stages, loss, noise and batching.
+
+    The defaults are the paper's two-stage schedule for small label sets (CIFAR-10).
+    """
+
+    n_samples: tuple[int, ...] = (50, 500)  # timesteps per stage (stage sets do not nest)
+    to_keep: tuple[int, ...] = (5, 1)  # candidates kept after each stage; the last must be 1
+    loss: str = "l2"  # "l2" (default), "l1" or "huber"
+    n_trials: int = 1  # eps draws per timestep
+    seed: int = 0  # noise depends only on (seed, sample key)
+    batch_size: int = 32  # network evaluations per forward pass, packed across images
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes kept in results
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n_samples", tuple(self.n_samples))
+        object.__setattr__(self, "to_keep", tuple(self.to_keep))
+        if self.loss not in LOSSES:
+            raise ValueError(f"Unknown loss {self.loss!r}; choose one of {LOSSES}.")
+        if int(self.n_trials) < 1:
+            raise ValueError(f"n_trials must be at least 1, got {self.n_trials}.")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["n_samples"], d["to_keep"] = list(self.n_samples), list(self.to_keep)
+        return d

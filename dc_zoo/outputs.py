@@ -1,0 +1,53 @@
+"""Results as dataclasses (diffusers ``BaseOutput`` style), never bare tuples."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Hashable
+
+import torch
+
+__all__ = ["ClassificationOutput"]
+
+
+@dataclass
+class ClassificationOutput:
+    """What ``DiffusionClassifier.classify`` returns for ``N`` images and ``K`` classes.
+
+    Attributes:
+        predictions: ``[N]`` predicted class indices.
+        class_names: the ``K`` class names, in column order.
+        logits: ``[N, K]`` ranking score, higher is better: its argmax is the prediction and
+            its order respects the adaptive stages (see ``candidates.ranking_logits``).
+        errors: ``[N, K]`` mean denoising error of each class's best candidate, over the
+            timesteps that candidate was evaluated on (lower is better; the paper's score).
+        stage_reached: ``[N, K]`` last stage each class was evaluated in.
+        evaluations: ``[N]`` network evaluations spent per image.
+        candidate_errors: ``[N, C]`` per-candidate (prompt) mean errors.
+        sample_keys: each image's noise identity; with the seed it fixes the (t, eps) pairs.
+        timesteps: the plan's timesteps; stage ``k`` used positions ``stage_positions[k]``.
+        timestep_errors: ``[N, C, n_timesteps, n_trials]`` per-pair errors (NaN = not run).
+    """
+
+    predictions: torch.Tensor
+    class_names: tuple[str, ...]
+    logits: torch.Tensor
+    errors: torch.Tensor
+    stage_reached: torch.Tensor
+    evaluations: torch.Tensor
+    candidate_errors: torch.Tensor
+    sample_keys: list[Hashable]
+    timesteps: tuple[int, ...]
+    stage_positions: tuple[tuple[int, ...], ...]
+    timestep_errors: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def predicted_names(self) -> list[str]:
+        return [self.class_names[int(i)] for i in self.predictions]
+
+    def topk(self, k: int = 5) -> torch.Tensor:
+        """``[N, k]`` class indices in the engine's ranking order."""
+        return self.logits.topk(min(k, self.logits.shape[1]), dim=1).indices
+
+    def __len__(self) -> int:
+        return int(self.predictions.shape[0])
