@@ -1,0 +1,305 @@
+"""``create_model``: a ready ``DiffusionClassifier`` from a zoo name, a Hub repo or a folder.
+
+Three spellings (timm's ``_factory.py``): ``"sd-2-base"`` (a registry entry: its Hub location,
+pinned revision, preprocessing, template and stage schedule), ``"hf-hub:org/repo[@revision]"``
+(any diffusers StableDiffusionPipeline / DiTPipeline repo; the backend is read from
+model_index.json and the scheduler config) and ``"local-dir:/path"`` or a plain directory
+(a fine-tune or a merged LoRA saved with ``save_pretrained``).
+
+Repos move: the paper's ``runwayml/stable-diffusion-v1-5`` and ``stabilityai/stable-diffusion-2-*``
+are gone from the Hub. An entry knows both its current location and the paper's id; loading
+by either tries the current location first, then a cached copy under the paper's id, and
+logs and records (``classifier.source``) which one it used.
+
+Paper: Li et al., "Your Diffusion Model is Secretly a Zero-Shot Classifier", ICCV 2023
+(https://arxiv.org/abs/2303.16203).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from . import _hub
+from ._registry import ModelName, RegistryEntry, find_entry_by_repo, get_entry, parse_model_name
+from .backends import DiTBackend, StableDiffusionBackend, resolve_dtype
+from .classifier import DiffusionClassifier
+from .config import PreprocessConfig, ScoringConfig
+from .timestep_plan import TimestepPlan
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["create_model", "resolve_model", "ResolvedModel", "FAMILIES"]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What a backend family needs from a diffusers pipeline folder."""
+
+    pipeline_classes: tuple[str, ...]  # model_index.json _class_name values it accepts
+    required: tuple[str, ...]  # components that must be present
+    networks: tuple[str, ...]  # components holding weights
+    template: str | None  # prompt template for models outside the registry
+    n_samples: tuple[int, ...]  # default stages for models outside the registry
+    to_keep: tuple[int, ...]
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    "stable_diffusion": FamilySpec(
+        pipeline_classes=("StableDiffusionPipeline",),
+        required=("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+        networks=("unet", "vae", "text_encoder"),
+        template="a photo of a {}.", n_samples=(50, 500), to_keep=(5, 1),
+    ),
+    "dit": FamilySpec(
+        pipeline_classes=("DiTPipeline",),
+        required=("transformer", "vae", "scheduler"),
+        networks=("transformer", "vae"),
+        template=None, n_samples=(250,), to_keep=(1,),
+    ),
+}
+_LIBRARIES = ("diffusers", "transformers")  # the only modules a model_index.json may name
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model name resolved to files on disk, before any weights are loaded.
+
+    Attributes:
+        entry: the registry entry (or one described from the files for hf-hub / local models).
+        snapshot: where the files are (repo, revision, commit, folder, bundled/cache/hub/local).
+        model_index: the pipeline's model_index.json.
+    """
+
+    entry: RegistryEntry
+    snapshot: _hub.Snapshot
+    model_index: Mapping[str, Any]
+
+
+def _family_of(model_index: Mapping[str, Any], snapshot: _hub.Snapshot) -> str:
+    class_name = model_index.get("_class_name")
+    for family, spec in FAMILIES.items():
+        if class_name in spec.pipeline_classes:
+            return family
+    supported = [c for spec in FAMILIES.values() for c in spec.pipeline_classes]
+    raise _hub.UnsupportedPipelineError(
+        f"{snapshot.describe()} is a {class_name or 'pipeline without _class_name'}; dc_zoo scores {supported}. "
+        "For another model family, wrap its denoiser in dc_zoo.DenoiserBackend and pass it to DiffusionClassifier."
+    )
+
+
+def _read_json(path: os.PathLike) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise _hub.MissingComponentsError(f"{path} is missing; the pipeline folder is incomplete.") from None
+
+
+def _describe_unlisted(name: str, snapshot: _hub.Snapshot, model_index: Mapping[str, Any], family: str) -> RegistryEntry:
+    """An entry for a model outside the registry, read from its config files."""
+    spec = FAMILIES[family]
+    root = snapshot.path
+    scheduler = _read_json(root / "scheduler" / "scheduler_config.json")
+    vae = _read_json(root / "vae" / "config.json")
+    network = _read_json(root / spec.networks[0] / "config.json")
+    factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    resolution = int(network.get("sample_size") or 64) * factor
+    num_classes = int(network["num_embeds_ada_norm"]) if family == "dit" else None
+    T = int(scheduler.get("num_train_timesteps", 1000))
+    k = num_classes or 10
+    evaluations = TimestepPlan.from_stages(spec.n_samples, T).evaluations(k, spec.to_keep)
+    return RegistryEntry(
+        name=name, description=f"{model_index.get('_class_name')} loaded from {snapshot.describe()} (not in the registry).",
+        family=family, hub_id=snapshot.repo_id, original_id=None, official_location=False,
+        location_note=None, revision=snapshot.revision or "local", revision_pinned=bool(snapshot.commit and snapshot.commit == snapshot.revision),
+        pipeline_class=str(model_index.get("_class_name")),
+        prediction_type=scheduler.get("prediction_type") or "epsilon", resolution=resolution,
+        interpolation="bicubic", crop="adm_center" if family == "dit" else "center", default_dtype="float16",
+        template=spec.template, num_classes=num_classes,
+        schedule={"n_samples": list(spec.n_samples), "to_keep": list(spec.to_keep), "loss": "l2",
+                  "source": "dc_zoo's default for this family (the paper's)"},
+        cost={"num_classes": k, "num_train_timesteps": T, "evaluations_per_image": evaluations},
+        license="unknown: see the model's own card", accuracy=(), intended_use="Whatever its own license allows.",
+        limitations=("Not validated by dc_zoo: no published or measured accuracy.",), default=False, listed=False,
+    )
+
+
+def _resolve_entry_snapshot(entry: RegistryEntry, revision: str | None, requested_repo: str | None,
+                            hub_kwargs: Mapping[str, Any]) -> _hub.Snapshot:
+    """Try the entry's current location, then the paper's id; say which one answered."""
+    failures: list[_hub.ZooHubError] = []
+    for repo in entry.repo_ids:
+        rev = revision or (entry.revision if repo == entry.hub_id else "main")
+        try:
+            snapshot = _hub.download_snapshot(repo, rev, **hub_kwargs)
+        except (_hub.ModelNotCachedError, _hub.ModelRepoNotFoundError) as err:
+            failures.append(err)
+            continue
+        if repo != entry.hub_id:
+            logger.warning("%s: loaded from the paper's id %s; the entry's current location %s was not available (%s)",
+                           entry.name, repo, entry.hub_id, failures[0])
+        elif requested_repo and requested_repo.lower() != repo.lower():
+            logger.warning("%s: %s is the paper's id; resolved to its current location %s (%s)", entry.name,
+                           requested_repo, repo, entry.location_note or "")
+        if not (entry.revision_pinned or revision):
+            logger.info("%s: revision %r is unpinned; resolved commit %s", entry.name, rev, snapshot.commit)
+        return snapshot
+    first = failures[0]
+    others = "; ".join(str(f) for f in failures[1:])
+    raise type(first)(f"{first}" + (f" Also tried the paper's id: {others}" if others else ""))
+
+
+def resolve_model(name: str, revision: str | None = None, *, token: str | bool | None = None,
+                  cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None,
+                  allow_pickle: bool = False, endpoint: str | None = None) -> ResolvedModel:
+    """Find a model's files (downloading them unless offline) and describe it; loads no weights.
+
+    Args and Raises: as ``create_model``.
+    """
+    parsed: ModelName = parse_model_name(name)
+    hub_kwargs = dict(token=token, cache_dir=cache_dir, local_files_only=local_files_only,
+                      allow_pickle=allow_pickle, endpoint=endpoint)
+    entry: RegistryEntry | None = None
+    if parsed.source == "zoo":
+        entry = get_entry(parsed.id)
+        if entry.family not in FAMILIES:
+            raise ValueError(
+                f"{entry.name} is a {entry.family} model, not a diffusion classifier; load it with "
+                f"open_clip.create_model_and_transforms('hf-hub:{entry.hub_id}', cache_dir='{_hub.BUNDLED_CACHE}') "
+                "and compare it side by side."
+            )
+        snapshot = _resolve_entry_snapshot(entry, revision, None, hub_kwargs)
+    elif parsed.source == "hf-hub":
+        entry = find_entry_by_repo(parsed.id)
+        if entry is not None and entry.family in FAMILIES:
+            snapshot = _resolve_entry_snapshot(entry, parsed.revision or revision, parsed.id, hub_kwargs)
+        else:
+            entry = None
+            snapshot = _hub.download_snapshot(parsed.id, parsed.revision or revision, **hub_kwargs)
+    else:
+        snapshot = _hub.local_snapshot(parsed.id)
+    model_index = _hub.read_model_index(snapshot)
+    family = _family_of(model_index, snapshot)
+    if entry is None:
+        entry = _describe_unlisted(name, snapshot, model_index, family)
+    elif entry.family != family:
+        raise _hub.UnsupportedPipelineError(
+            f"{entry.name} is registered as {entry.family} but {snapshot.describe()} holds a "
+            f"{model_index.get('_class_name')}; the repo changed under an unpinned revision: pin revision=<commit>."
+        )
+    return ResolvedModel(entry=entry, snapshot=snapshot, model_index=model_index)
+
+
+def _load_component(snapshot: _hub.Snapshot, name: str, library: str, class_name: str, use_safetensors: bool):
+    import importlib
+
+    if library not in _LIBRARIES:
+        raise _hub.UnsupportedPipelineError(
+            f"Component {name!r} of {snapshot.describe()} comes from library {library!r}; dc_zoo loads components "
+            f"only from {_LIBRARIES} (a model_index.json cannot make it import other code)."
+        )
+    cls = getattr(importlib.import_module(library), class_name, None)
+    if cls is None:
+        raise _hub.UnsupportedPipelineError(
+            f"Component {name!r} of {snapshot.describe()} needs {library}.{class_name}, which the installed "
+            f"{library} does not have; upgrade {library}."
+        )
+    folder = str(snapshot.path / name)
+    if class_name.endswith(("Scheduler", "Tokenizer", "TokenizerFast")):
+        return cls.from_pretrained(folder)
+    return cls.from_pretrained(folder, use_safetensors=True if use_safetensors else None)
+
+
+def _scoring_for(entry: RegistryEntry, scoring: ScoringConfig | Mapping[str, Any] | None) -> ScoringConfig:
+    if isinstance(scoring, ScoringConfig):
+        return scoring
+    base = ScoringConfig(n_samples=entry.n_samples, to_keep=entry.to_keep, loss=entry.loss)
+    return dataclasses.replace(base, **dict(scoring or {}))
+
+
+def _device_and_dtype(entry: RegistryEntry, device, dtype) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = resolve_dtype(dtype)
+    if resolved is None:
+        # Half precision is the GPU default of the paper; on a CPU it is slow and loses accuracy.
+        resolved = resolve_dtype(entry.default_dtype) if device.type == "cuda" else torch.float32
+    return device, resolved
+
+
+def create_model(name: str, revision: str | None = None, device: str | torch.device | None = None,
+                 dtype: str | torch.dtype | None = None,
+                 scoring: ScoringConfig | Mapping[str, Any] | None = None, *,
+                 templates: Sequence[str] | None = None, preprocess: PreprocessConfig | None = None,
+                 token: str | bool | None = None, cache_dir: str | os.PathLike | None = None,
+                 local_files_only: bool | None = None, allow_pickle: bool = False, endpoint: str | None = None,
+                 image_batch_size: int = 8) -> DiffusionClassifier:
+    """Build a ``DiffusionClassifier`` by name.
+
+    Args:
+        name: a zoo name (``dc_zoo.list_models()``), ``hf-hub:org/repo[@revision]`` (also a
+            registry repo's current or paper id) or ``local-dir:/path`` / an existing directory.
+        revision: branch, tag or commit; default the entry's pinned revision (else ``main``).
+        device: default ``cuda`` when available, else ``cpu``.
+        dtype: default the entry's ``default_dtype`` on a GPU, float32 on the CPU.
+        scoring: a ``ScoringConfig``, or a dict of overrides of the entry's default schedule
+            (e.g. ``{"loss": "l1", "seed": 1}``).
+        templates: prompt templates (default: the entry's).
+        preprocess: image preparation (default: the entry's resolution, interpolation, crop).
+        token: Hub token for gated / private repos.
+        cache_dir: Hugging Face cache folder (default ``HF_HUB_CACHE``).
+        local_files_only: never use the network (default: ``HF_HUB_OFFLINE``).
+        allow_pickle: accept pickle (``.bin``) weights; only safetensors otherwise.
+        endpoint: Hub URL (default ``HF_ENDPOINT``).
+        image_batch_size: images whose work is packed together.
+
+    Returns:
+        A classifier with ``.entry`` (the registry entry) and ``.source`` (the resolved snapshot).
+
+    Raises:
+        KeyError: unknown zoo name (with close matches).
+        ValueError: malformed name; an open_clip entry (not a diffusion classifier).
+        dc_zoo._hub.ModelNotCachedError / RevisionNotCachedError / ModelRevisionNotFoundError /
+        ModelRepoNotFoundError / GatedModelError / MissingComponentsError /
+        UnsupportedPipelineError / PickleWeightsError: see their messages for the fix.
+    """
+    resolved = resolve_model(name, revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only,
+                             allow_pickle=allow_pickle, endpoint=endpoint)
+    entry, snapshot = resolved.entry, resolved.snapshot
+    spec = FAMILIES[entry.family]
+    specs = _hub.check_components(snapshot, resolved.model_index, spec.required)
+    use_safetensors = _hub.check_weight_files(snapshot, spec.networks, allow_pickle=allow_pickle)
+    parts = {c: _load_component(snapshot, c, lib, cls, use_safetensors) for c, (lib, cls) in specs.items()}
+    scheduler = parts["scheduler"]
+    declared = scheduler.config.get("prediction_type", "epsilon") or "epsilon"
+    if entry.listed and entry.prediction_type and declared != entry.prediction_type:
+        logger.warning("%s: the scheduler of %s says prediction_type=%r but the registry says %r; using the registry's",
+                       entry.name, snapshot.describe(), declared, entry.prediction_type)
+        scheduler = type(scheduler).from_config(scheduler.config, prediction_type=entry.prediction_type)
+    preprocess = preprocess or PreprocessConfig(size=entry.resolution, interpolation=entry.interpolation, crop=entry.crop)
+    if entry.family == "stable_diffusion":
+        backend = StableDiffusionBackend(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
+                                         scheduler, preprocess)
+    else:
+        id2label = resolved.model_index.get("id2label")
+        backend = DiTBackend(parts["transformer"], parts["vae"], scheduler, id2label, preprocess)
+        if entry.num_classes and backend.num_classes != entry.num_classes:
+            raise _hub.UnsupportedPipelineError(
+                f"{entry.name} should have {entry.num_classes} classes but {snapshot.describe()} has "
+                f"{backend.num_classes}; the repo changed under an unpinned revision: pin revision=<commit>."
+            )
+    device, dtype = _device_and_dtype(entry, device, dtype)
+    backend = backend.to(device=device, dtype=dtype).eval()
+    if templates is None:
+        templates = (entry.template,) if entry.template else ("{}",)
+    classifier = DiffusionClassifier(backend, scoring=_scoring_for(entry, scoring), preprocess=preprocess,
+                                     templates=templates, image_batch_size=image_batch_size)
+    classifier.entry = entry
+    classifier.source = snapshot
+    logger.info("created %s from %s on %s (%s)", entry.name, snapshot.describe(), device, dtype)
+    return classifier
