@@ -1,0 +1,222 @@
+"""Datasets through clip_benchmark's own builders, class names and templates (never copied).
+
+``dc-zoo eval`` accepts exactly the names ``clip_benchmark eval`` accepts, read from
+clip_benchmark's ``build_dataset`` itself so a new clip_benchmark release brings its new
+datasets. Images are taken untransformed (PIL): the diffusion model's entry owns its
+preprocessing. Before any work starts the name, the task and the root are checked, and the
+errors say what is expected where.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import re
+import tarfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BenchmarkDataset", "known_dataset_names", "check_dataset_name", "check_dataset_root",
+           "load_benchmark_dataset"]
+
+# Families whose members are named by the user (wds/<name>, tfds/<name>): any suffix is valid.
+_OPEN_PREFIXES = ("wds/", "tfds/")
+_IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # what clip_benchmark's WebDataset reader decodes
+
+WDS_LAYOUT = """\
+  <root>/<split>/nshards.txt      number of shards N
+  <root>/<split>/0.tar ... N-1.tar  samples: <key>.png|.jpg|.webp image and <key>.cls label
+  <root>/classnames.txt           one class name per line
+  <root>/zeroshot_classification_templates.txt   (optional) one template per line, '{c}' for the class
+(clip_benchmark_export_wds or dc_zoo.digits.write_digits_webdataset write this layout)"""
+
+
+@lru_cache(maxsize=1)
+def known_dataset_names() -> tuple[str, ...]:
+    """Every dataset name clip_benchmark's ``build_dataset`` knows (``wds/``, ``tfds/`` take any suffix)."""
+    from clip_benchmark.datasets import builder
+
+    literal = re.compile(r"dataset_name\s*==\s*[\"']([^\"']+)[\"']")
+    names = set(literal.findall(inspect.getsource(builder.build_dataset)))
+    names.update("vtab/" + n for n in literal.findall(inspect.getsource(builder.build_vtab_dataset)))
+    for members in builder.dataset_collection.values():
+        names.update(members)
+    names.discard("dummy")
+    return tuple(sorted(names))
+
+
+def check_dataset_name(name: str) -> str:
+    """Return clip_benchmark's task for ``name`` after checking it is a zero-shot classification set.
+
+    Raises:
+        ValueError: unknown name (lists close matches) or a retrieval / multi-label dataset.
+    """
+    from clip_benchmark.datasets.builder import dataset_collection, get_dataset_default_task
+
+    if name in dataset_collection:
+        raise ValueError(
+            f"{name!r} is a clip_benchmark collection of {len(dataset_collection[name])} datasets; dc-zoo eval "
+            f"takes one dataset per run: {', '.join(dataset_collection[name][:5])}, ..."
+        )
+    known = known_dataset_names()
+    open_family = name.startswith(_OPEN_PREFIXES) and len(name.split("/", 1)[1]) > 0
+    if name not in known and not open_family:
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+        hint = f"close matches: {', '.join(close)}" if close else f"known: {', '.join(known)}"
+        raise ValueError(
+            f"Unknown dataset {name!r}: clip_benchmark does not know it ({hint}). A WebDataset folder of your "
+            "own is named wds/<name> (see clip_benchmark_export_wds)."
+        )
+    short = name.replace("wds/", "", 1)
+    task = get_dataset_default_task(short)
+    if task != "zeroshot_classification" or name.endswith("_multilabel"):
+        raise ValueError(
+            f"Dataset {name!r} is a {task if task != 'zeroshot_classification' else 'multi-label'} dataset; "
+            "dc-zoo eval does single-label zero-shot classification. Pick a classification dataset."
+        )
+    return task
+
+
+def _is_url(root: str) -> bool:
+    return "://" in root
+
+
+def _wds_shards(root: Path, split: str) -> list[Path]:
+    split_dir = root / split
+    nshards_file = split_dir / "nshards.txt"
+    if not nshards_file.is_file():
+        raise FileNotFoundError(
+            f"Dataset root {root} has no {split}/nshards.txt, so it is not a clip_benchmark WebDataset for "
+            f"split {split!r}. Expected:\n{WDS_LAYOUT}"
+        )
+    try:
+        n = int(nshards_file.read_text().strip())
+    except ValueError:
+        raise FileNotFoundError(f"{nshards_file} must hold the number of shards, got {nshards_file.read_text()[:40]!r}.")
+    missing = [str(split_dir / f"{i}.tar") for i in range(n) if not (split_dir / f"{i}.tar").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Dataset root {root} is incomplete: nshards.txt says {n} shards but {missing[:3]} "
+            f"{'(and more) ' if len(missing) > 3 else ''}are missing. Expected:\n{WDS_LAYOUT}"
+        )
+    if not (root / "classnames.txt").is_file():
+        raise FileNotFoundError(f"Dataset root {root} has no classnames.txt (class names are needed). Expected:\n{WDS_LAYOUT}")
+    return [split_dir / f"{i}.tar" for i in range(n)]
+
+
+def check_dataset_root(name: str, root: str, split: str, download: bool = False) -> None:
+    """Fail early when ``root`` cannot hold ``name``; say what is expected there.
+
+    Raises:
+        FileNotFoundError: the root is missing or incomplete.
+    """
+    if name.startswith("wds/"):
+        if not _is_url(root):
+            if not Path(root).is_dir():
+                raise FileNotFoundError(f"Dataset root {root} does not exist. For {name} it must hold:\n{WDS_LAYOUT}")
+            _wds_shards(Path(root), split)
+        return
+    if not download and not Path(root).exists():
+        raise FileNotFoundError(
+            f"Dataset root {root} does not exist. Point --dataset_root at the folder where clip_benchmark keeps "
+            f"{name!r} (the same --dataset_root you give `clip_benchmark eval`), or pass --download to let "
+            "clip_benchmark fetch it there."
+        )
+
+
+def _count_wds_samples(shards: Sequence[Path]) -> int:
+    """Samples in local shards, counted from the tar index without decoding an image."""
+    total = 0
+    for shard in shards:
+        keys = set()
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, _, ext = member.name.rpartition(".")
+                if ext.lower() in _IMAGE_EXTENSIONS:
+                    keys.add(key)
+        total += len(keys)
+    return total
+
+
+@dataclass
+class BenchmarkDataset:
+    """A clip_benchmark dataset, untransformed, addressed by sample index.
+
+    Attributes:
+        name: the clip_benchmark name (``cifar10``, ``wds/digits``, ...).
+        split: the split it was built for.
+        classes: class names in label order.
+        templates: clip_benchmark's templates for it (list with ``{c}``, or class-specific dict).
+        size: number of samples in the split.
+        source: the object clip_benchmark built.
+    """
+
+    name: str
+    split: str
+    classes: list[str]
+    templates: Any
+    size: int
+    source: Any
+
+    def samples(self, indices: Sequence[int]) -> Iterator[tuple[int, Any, int]]:
+        """``(index, PIL image, label)`` for ``indices`` (ascending), in that order."""
+        wanted = sorted(set(int(i) for i in indices))
+        if not wanted:
+            return
+        if hasattr(self.source, "__getitem__") and hasattr(self.source, "__len__"):
+            for i in wanted:
+                image, label = self.source[i]
+                yield i, image, int(label)
+            return
+        # A stream (WebDataset): read in order, keep the wanted ones, stop after the last.
+        position = 0
+        for i, (image, label) in enumerate(self.source):
+            if i == wanted[position]:
+                yield i, image, int(label)
+                position += 1
+                if position == len(wanted):
+                    return
+        raise IndexError(f"{self.name} ended after {i + 1} samples but sample {wanted[position]} was asked for.")
+
+
+def load_benchmark_dataset(name: str, root: str, split: str = "test", download: bool = False,
+                           language: str = "en") -> BenchmarkDataset:
+    """Build ``name`` with clip_benchmark's ``build_dataset`` (no transform) and measure its size.
+
+    Raises:
+        ValueError: unknown or non-classification dataset name.
+        FileNotFoundError: the root does not hold the dataset (says what is expected).
+    """
+    from clip_benchmark.datasets.builder import build_dataset
+
+    check_dataset_name(name)
+    check_dataset_root(name, root, split, download)
+    try:
+        source = build_dataset(name, root=root, transform=None, split=split, download=download,
+                               language=language, task="zeroshot_classification")
+    except (RuntimeError, FileNotFoundError, OSError) as err:
+        raise FileNotFoundError(
+            f"clip_benchmark could not read {name!r} (split {split!r}) from {root}: {err}. Put the dataset there "
+            "in the layout torchvision / clip_benchmark expects, or pass --download to fetch it."
+        ) from err
+    except AssertionError as err:
+        raise ValueError(f"clip_benchmark refused {name!r} split {split!r}: {err}") from err
+    classes = list(getattr(source, "classes", None) or [])
+    if not classes:
+        raise ValueError(f"Dataset {name!r} came without class names; zero-shot classification needs them "
+                         "(for a WebDataset: classnames.txt in the root).")
+    if name.startswith("wds/") and not _is_url(root):
+        size = _count_wds_samples(_wds_shards(Path(root), split))
+    elif hasattr(source, "__len__"):
+        size = len(source)
+    else:
+        size = sum(1 for _ in source)
+    if size == 0:
+        raise ValueError(f"Dataset {name!r} split {split!r} under {root} is empty.")
+    logger.info("dataset %s/%s: %d samples, %d classes", name, split, size, len(classes))
+    return BenchmarkDataset(name=name, split=split, classes=classes, templates=getattr(source, "templates", None),
+                            size=size, source=source)

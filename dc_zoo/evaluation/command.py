@@ -1,0 +1,134 @@
+"""``dc-zoo eval``: the command line of a long, sharded, resumable evaluation.
+
+Run it alone, or under ``torchrun`` / ``accelerate launch`` on one or many nodes (each process
+scores its share); re-running the same command resumes. See ``scripts/slurm_eval.sh`` for a
+multi-node SLURM example.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+from ..losses import LOSSES
+from .distributed import RankFailedError
+from .identity import IdentityMismatchError
+from .result_store import StoreCorruptError
+from .run import EvalConfig, run_evaluation
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["add_subparser", "add_arguments", "config_from_args", "run_command", "main"]
+
+DESCRIPTION = """\
+Evaluate a zoo model as a zero-shot classifier on a clip_benchmark dataset. Writes
+clip_benchmark's result JSON (<output>/<stem>.json, merged with CLIP results by
+`clip_benchmark build <output>`) and every sample's record (<output>/<stem>/samples.jsonl).
+Launch with torchrun or accelerate launch to shard the dataset over processes; re-run the
+same command to resume an interrupted run."""
+
+EPILOG = """\
+examples:
+  dc-zoo eval --model sd-digits-mini --dataset wds/digits --dataset_root data/digits --output results
+  torchrun --nproc-per-node 8 -m dc_zoo.evaluation --model sd-2-base --dataset cifar10 \\
+      --dataset_root data/cifar10 --output results --loss l1
+  (multi-node: scripts/slurm_eval.sh)"""
+
+# Errors that are the user's input, not a bug: one line, no traceback.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, PermissionError, IdentityMismatchError,
+               StoreCorruptError, RankFailedError)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``eval`` options (clip_benchmark's spelling with underscores is accepted too)."""
+    what = parser.add_argument_group("what to evaluate")
+    what.add_argument("--model", required=True, help="zoo name (dc-zoo list), hf-hub:org/repo[@rev] or a pipeline folder")
+    what.add_argument("--revision", default=None, help="weights revision (default: the entry's pinned one)")
+    what.add_argument("--dataset", required=True, help="clip_benchmark dataset name: cifar10, imagenet1k, wds/<name>, ...")
+    what.add_argument("--dataset_root", "--dataset-root", dest="dataset_root", required=True,
+                      help="folder holding the dataset (as for clip_benchmark eval)")
+    what.add_argument("--split", default="test", help="dataset split (default: test)")
+    what.add_argument("--language", default="en", help="clip_benchmark class-name / template language")
+    what.add_argument("--limit", type=int, default=None,
+                      help="score only the first N samples (rounded up to whole --image-batch-size chunks)")
+    what.add_argument("--download", action="store_true", help="let clip_benchmark download a missing dataset")
+    where = parser.add_argument_group("where")
+    where.add_argument("--output", required=True,
+                       help="directory for <stem>.json and <stem>/ records; the same directory resumes")
+    how = parser.add_argument_group("schedule (default: the model entry's)")
+    how.add_argument("--n-samples", "--n_samples", dest="n_samples", type=int, nargs="+", default=None,
+                     help="timesteps per adaptive stage, e.g. 50 500")
+    how.add_argument("--to-keep", "--to_keep", dest="to_keep", type=int, nargs="+", default=None,
+                     help="candidates kept after each stage, e.g. 5 1")
+    how.add_argument("--loss", choices=LOSSES, default=None)
+    how.add_argument("--seed", type=int, default=None, help="noise seed (noise depends on seed and sample index)")
+    how.add_argument("--n-trials", "--n_trials", dest="n_trials", type=int, default=None, help="eps draws per timestep")
+    how.add_argument("--templates", default="entry",
+                     help="prompt templates: 'entry' (the model's, default), 'clip_benchmark' (the dataset's "
+                          "ensemble; cost x templates) or a .txt (one per line, {c} for the class) / .json file")
+    run = parser.add_argument_group("execution")
+    run.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
+                     help="network evaluations per forward pass")
+    run.add_argument("--image-batch-size", "--image_batch_size", dest="image_batch_size", type=int, default=8,
+                     help="samples scored together (one chunk of the store; fixed for a run)")
+    run.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: the entry's on GPU, float32 on CPU)")
+    run.add_argument("--device", default=None, help="cpu or cuda (default: this rank's GPU when there is one)")
+    run.add_argument("--dist-timeout-hours", dest="dist_timeout_hours", type=float, default=24.0,
+                     help="how long ranks wait for the slowest one at the end")
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="only warnings and errors in the log")
+    return parser
+
+
+def add_subparser(subparsers) -> argparse.ArgumentParser:
+    """Register ``eval`` on the ``dc-zoo`` command's subparsers; it runs ``run_command(args)``."""
+    parser = subparsers.add_parser("eval", help="evaluate a model on a clip_benchmark dataset (torchrun-ready, resumable)",
+                                   description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(func=run_command)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    return EvalConfig(
+        model=args.model, dataset=args.dataset, dataset_root=args.dataset_root, output=args.output, split=args.split,
+        revision=args.revision, n_samples=tuple(args.n_samples) if args.n_samples else None,
+        to_keep=tuple(args.to_keep) if args.to_keep else None, loss=args.loss, seed=args.seed,
+        n_trials=args.n_trials, batch_size=args.batch_size, image_batch_size=args.image_batch_size,
+        templates=args.templates, dtype=args.dtype, device=args.device, limit=args.limit, download=args.download,
+        language=args.language, progress=args.progress, dist_timeout_hours=args.dist_timeout_hours,
+    )
+
+
+def _configure_logging(quiet: bool) -> None:
+    rank = os.environ.get("RANK")
+    prefix = f"[rank {rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``dc-zoo eval``; returns the exit status (2 for bad input, said in one line)."""
+    _configure_logging(getattr(args, "quiet", False))
+    try:
+        result = run_evaluation(config_from_args(args))
+    except USER_ERRORS as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"dc-zoo eval: error: {message}", file=sys.stderr)
+        return 2
+    if result.metrics is not None:
+        print(json.dumps({"metrics": result.metrics, **(result.summary or {}), "results": str(result.results_file),
+                          "samples": str(result.samples_file)}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dc_zoo.evaluation ...`` (also ``torchrun -m dc_zoo.evaluation ...``)."""
+    parser = argparse.ArgumentParser(prog="dc-zoo eval", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run_command(parser.parse_args(argv))

@@ -1,0 +1,90 @@
+"""The identity of an evaluation run: what must match before stored results are reused.
+
+Resuming a run under another schedule, seed, prompt set or model revision would average
+incomparable numbers, so every per-sample store carries this identity in its header and a
+mismatch is refused field by field. The batch layout (``batch_size``, ``image_batch_size``)
+is part of it because it changes scores in their last float bits: with it fixed, a resumed or
+re-sharded run reproduces an uninterrupted one bit for bit. What cannot change a result
+(world size, device count, the dataset's location on disk) is deliberately left out, so a run
+may resume on other machines with another number of processes.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["RunIdentity", "IdentityMismatchError", "STORE_FORMAT"]
+
+STORE_FORMAT = 1  # bump when the record layout changes; old stores are then refused
+
+
+class IdentityMismatchError(ValueError):
+    """A store was written under a different configuration than the run trying to resume it."""
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Everything that fixes the per-sample numbers of an evaluation run."""
+
+    model: str  # zoo entry name (or the path / hub id given to --model)
+    revision: str | None  # the weights revision the entry resolved to
+    dtype: str  # network dtype (float16 and float32 give different scores)
+    preprocess: dict[str, Any]  # PreprocessConfig fields: size, interpolation, crop, mean, std
+    n_samples: tuple[int, ...]  # timesteps per adaptive stage
+    to_keep: tuple[int, ...]  # candidates kept after each stage
+    loss: str
+    n_trials: int
+    seed: int  # with each sample's dataset index, fixes its noise
+    batch_size: int  # network evaluations per forward pass
+    image_batch_size: int  # consecutive dataset samples scored together (one chunk)
+    templates: tuple[str, ...]  # the prompt templates (or class-specific prompts) actually used
+    class_names: tuple[str, ...]
+    dataset: str
+    split: str
+    dataset_size: int  # samples in the split (a --limit only evaluates a prefix of them)
+    store_format: int = STORE_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key, value in d.items():
+            if isinstance(value, tuple):
+                d[key] = list(value)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunIdentity":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise IdentityMismatchError(
+                f"The store header has fields {unknown} this dc_zoo does not know: it was written by a "
+                "newer version. Upgrade dc_zoo, or choose another --output directory."
+            )
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    def differences(self, other: "RunIdentity") -> list[tuple[str, Any, Any]]:
+        """``(field, value here, value in other)`` for every field that differs."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [(k, mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]]
+
+    def check_same_run(self, stored: "RunIdentity", where: str) -> None:
+        """Raise ``IdentityMismatchError`` naming each differing field when ``stored`` is another run.
+
+        Args:
+            stored: the identity read from a store header.
+            where: the file the header came from, for the message.
+        """
+        diffs = stored.differences(self)
+        if not diffs:
+            return
+        listed = "; ".join(f"{name}: stored {_short(old)}, this run {_short(new)}" for name, old, new in diffs)
+        raise IdentityMismatchError(
+            f"{where} was written by a different configuration ({listed}). Resume it with the "
+            "original settings, or write this run to another --output directory."
+        )
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,369 @@
+"""One evaluation run: a zoo model on a clip_benchmark dataset, sharded, resumable, merged.
+
+The steps, each rank alike: check the inputs (dataset name, root, output, world size) and load
+the model before any sample is scored, so a bad input stops every rank with one clear error;
+rank 0 opens the store (checks its identity, cuts a torn tail) and tells every rank which
+chunks are finished; each rank scores its round-robin share of the unfinished chunks and
+appends their records; rank 0 merges all ranks' records into clip_benchmark's result JSON and
+one ``samples.jsonl`` sorted by sample index.
+
+A chunk is ``image_batch_size`` consecutive dataset samples scored together (the engine packs
+their work into shared batches). Chunks are fixed by the run identity, never by the world size
+or by where a previous run stopped, and each sample's noise depends only on (seed, index): so a
+run on any number of processes, interrupted any number of times, gives the same records, bit
+for bit, as one uninterrupted process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..candidates import CandidateSet
+from ..classifier import DiffusionClassifier
+from ..config import ScoringConfig
+from ..engine import NonFiniteScoreError
+from ..preprocess import to_pixels
+from ..timestep_plan import validate_stages
+from .benchmark_datasets import BenchmarkDataset, load_benchmark_dataset
+from .distributed import DistributedContext, init_distributed, shard
+from .identity import RunIdentity
+from .metrics import classification_metrics, cost_summary
+from .progress import OverallProgress, RankProgress
+from .prompts import resolve_prompts
+from .result_store import ResultStore, SampleRecord, chunk_bounds, complete_chunks, fsync_directory, num_chunks
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EvalConfig", "EvalResult", "run_evaluation", "TASK"]
+
+TASK = "zeroshot_classification"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``dc-zoo eval`` was asked to do (``None`` = the model entry's default)."""
+
+    model: str  # zoo name, hf-hub:org/repo[@rev] or a local pipeline folder
+    dataset: str  # any clip_benchmark classification dataset name (cifar10, wds/<name>, ...)
+    dataset_root: str
+    output: str  # directory: <stem>.json (clip_benchmark format) and <stem>/ (records)
+    split: str = "test"
+    revision: str | None = None
+    n_samples: tuple[int, ...] | None = None
+    to_keep: tuple[int, ...] | None = None
+    loss: str | None = None
+    seed: int | None = None
+    n_trials: int | None = None
+    batch_size: int | None = None  # network evaluations per forward pass
+    image_batch_size: int = 8  # samples per chunk (scored together, written together)
+    templates: str = "entry"  # "entry", "clip_benchmark" or a template file
+    dtype: str | None = None
+    device: str | None = None
+    limit: int | None = None  # score only the first N samples (rounded up to whole chunks)
+    download: bool = False  # let clip_benchmark download a missing torchvision dataset
+    language: str = "en"
+    progress: bool = False  # tqdm bars (the CLI turns them on)
+    dist_timeout_hours: float = 24.0  # how long ranks wait for the slowest at the end
+
+
+@dataclass
+class EvalResult:
+    """Where the results are and what they say (metrics only on rank 0).
+
+    Attributes:
+        metrics: clip_benchmark's ``acc1``, ``acc5``, ``mean_per_class_recall`` (rank 0; else None).
+        results_file: clip_benchmark's JSON result file.
+        samples_file: every sample's record, sorted by index (written by rank 0).
+        store_dir: the per-rank record files the run resumes from.
+        scored: samples this rank scored in this session.
+        resumed: samples already in the store when the session began.
+        summary: evaluations per image, samples, failed samples (rank 0; else None).
+    """
+
+    metrics: dict[str, float] | None
+    results_file: Path
+    samples_file: Path
+    store_dir: Path
+    scored: int
+    resumed: int
+    summary: dict[str, Any] | None = None
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in text).strip("_") or "model"
+
+
+def _check_output_writable(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / f".dc-zoo-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"Output directory {output} is not writable ({err.strerror or err}): choose a writable --output "
+            "(every rank writes its records there, so on several nodes it must be a shared filesystem)."
+        ) from None
+
+
+def _model_label(config: EvalConfig, clf: DiffusionClassifier) -> tuple[str, str | None]:
+    """(model name, resolved revision) for the results and the run identity."""
+    entry, source = getattr(clf, "entry", None), getattr(clf, "source", None)
+    name = getattr(entry, "name", None) if entry is not None and getattr(entry, "listed", True) else None
+    name = name or config.model
+    revision = None
+    if source is not None:
+        revision = getattr(source, "commit", None) or getattr(source, "revision", None)
+    if revision is None and entry is not None:
+        revision = getattr(entry, "revision", None)
+    return name, revision or config.revision
+
+
+def _candidates(clf: DiffusionClassifier, dataset: BenchmarkDataset, template_source: str) -> tuple[CandidateSet, tuple[str, ...]]:
+    """The candidate set for the dataset's classes and the templates it records in the identity."""
+    if clf.backend.conditioning == "class_label":
+        num_labels = getattr(clf.backend, "num_classes", None)
+        if num_labels == 1000:  # ImageNet label space (DiT): map clip_benchmark's names/subsets onto it
+            from ..clip_benchmark.imagenet_labels import imagenet_labels_for_classes
+
+            labels = imagenet_labels_for_classes(dataset.classes, dataset.source)
+            if labels is not None:
+                conditions = [label for group in labels for label in group]
+                index = [k for k, group in enumerate(labels) for _ in group]
+                return CandidateSet(tuple(conditions), tuple(index), tuple(dataset.classes)), ()
+        return clf.candidates(list(dataset.classes)), ()
+    choice = resolve_prompts(template_source, clf.templates, dataset.templates, dataset.classes, dataset.name)
+    if choice.prompts is not None:
+        return clf.candidates(prompts=choice.prompts), choice.identity
+    return clf.candidates(list(dataset.classes), templates=choice.templates), choice.identity
+
+
+def _scoring(config: EvalConfig, clf: DiffusionClassifier) -> ScoringConfig:
+    overrides = {k: getattr(config, k) for k in ("n_samples", "to_keep", "loss", "seed", "n_trials", "batch_size")
+                 if getattr(config, k) is not None}
+    return dataclasses.replace(clf.scoring, **overrides)
+
+
+def _check_schedule(scoring: ScoringConfig, clf: DiffusionClassifier, candidates: CandidateSet) -> None:
+    validate_stages(scoring.n_samples, scoring.to_keep, clf.backend.schedule.num_train_timesteps)
+    if max(scoring.to_keep[:-1], default=1) > len(candidates):
+        raise ValueError(
+            f"to_keep={scoring.to_keep} keeps more candidates than the {len(candidates)} this dataset has; pass "
+            f"--to-keep with values of at most {len(candidates)}."
+        )
+
+
+def _float32(value: float) -> float:
+    """The shortest decimal that reads back as the same float32 (short, exact records)."""
+    return float(str(np.float32(value)))
+
+
+def _score_chunk(clf: DiffusionClassifier, candidates: CandidateSet, scoring: ScoringConfig,
+                 items: Sequence[tuple[int, Any, int]]) -> list[SampleRecord]:
+    """Score one chunk; an image whose network output is non-finite gets a failed record, not a crash."""
+    pixels = to_pixels([image for _, image, _ in items], clf.preprocess)
+    keys = [index for index, _, _ in items]
+    try:
+        result = clf.score_pixels(pixels, candidates, keys, scoring)
+    except NonFiniteScoreError as err:
+        if len(items) == 1:
+            index, _, label = items[0]
+            logger.warning("sample %d could not be scored: %s", index, err)
+            return [SampleRecord(index=index, label=label, prediction=-1, errors=None, stage_reached=None,
+                                 evaluations=0, error=str(err))]
+        # Find the culprit: score the chunk's images one by one (deterministic, so resumes agree).
+        return [record for item in items for record in _score_chunk(clf, candidates, scoring, [item])]
+    out = clf.to_output(result, candidates)
+    return [
+        SampleRecord(index=index, label=label, prediction=int(out.predictions[j]),
+                     errors=tuple(_float32(v) for v in out.errors[j].tolist()),
+                     stage_reached=tuple(int(v) for v in out.stage_reached[j].tolist()),
+                     evaluations=int(out.evaluations[j]))
+        for j, (index, _, label) in enumerate(items)
+    ]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_directory(path.parent)
+
+
+def run_evaluation(config: EvalConfig, classifier: DiffusionClassifier | None = None) -> EvalResult:
+    """Evaluate ``config.model`` on ``config.dataset``; launched alone or by torchrun / accelerate.
+
+    Args:
+        config: the run (see ``EvalConfig``).
+        classifier: an already built classifier (library use); default ``create_model(config.model)``.
+
+    Returns:
+        An ``EvalResult`` (metrics on rank 0).
+
+    Raises:
+        ValueError: unknown dataset (with close matches), bad schedule or templates, world size
+            larger than the dataset.
+        FileNotFoundError: the dataset root is missing or incomplete (says what is expected).
+        PermissionError: the output directory is not writable.
+        dc_zoo.evaluation.IdentityMismatchError: the output holds a run of another configuration.
+        dc_zoo.evaluation.RankFailedError: another rank failed one of these checks.
+    """
+    ctx = init_distributed(config.device, config.dist_timeout_hours)
+    try:
+        return _run(ctx, config, classifier)
+    finally:
+        ctx.close()
+
+
+def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClassifier | None) -> EvalResult:
+    # ---------------------------------------------------------------- checks before any work
+    error: BaseException | None = None
+    try:
+        if int(config.image_batch_size) < 1:
+            raise ValueError(f"image_batch_size must be at least 1, got {config.image_batch_size}.")
+        if config.limit is not None and int(config.limit) < 1:
+            raise ValueError(f"--limit must be a positive number of samples, got {config.limit}.")
+        output = Path(config.output)
+        _check_output_writable(output)
+        dataset = load_benchmark_dataset(config.dataset, config.dataset_root, config.split, config.download,
+                                         config.language)
+        B = int(config.image_batch_size)
+        n_eval = dataset.size if config.limit is None else min(dataset.size, math.ceil(int(config.limit) / B) * B)
+        if ctx.world_size > n_eval:
+            raise ValueError(
+                f"World size {ctx.world_size} is larger than the {n_eval} samples to score: every rank needs at "
+                f"least one. Start at most {n_eval} processes."
+            )
+        if classifier is None:
+            from .._factory import create_model
+
+            classifier = create_model(config.model, revision=config.revision, device=ctx.device, dtype=config.dtype,
+                                      image_batch_size=B)
+        clf = classifier
+        candidates, templates = _candidates(clf, dataset, config.templates)
+        scoring = _scoring(config, clf)
+        _check_schedule(scoring, clf, candidates)
+        model_name, revision = _model_label(config, clf)
+        identity = RunIdentity(
+            model=model_name, revision=revision, dtype=str(clf.backend.dtype).replace("torch.", ""),
+            preprocess=dataclasses.asdict(clf.preprocess), n_samples=scoring.n_samples, to_keep=scoring.to_keep,
+            loss=scoring.loss, n_trials=int(scoring.n_trials), seed=int(scoring.seed),
+            batch_size=int(scoring.batch_size), image_batch_size=B, templates=tuple(templates),
+            class_names=tuple(dataset.classes), dataset=config.dataset, split=config.split,
+            dataset_size=dataset.size,
+        )
+        identity = RunIdentity.from_dict(json.loads(json.dumps(identity.to_dict())))  # as a header reads back
+    except Exception as err:  # noqa: BLE001 - every failure must reach the other ranks
+        error = err
+    ctx.raise_if_any_failed(error)
+
+    stem = "_".join([_slug(config.dataset.replace("wds/", "", 1)), _slug(revision or "local")[:12],
+                     _slug(model_name.replace("local-dir:", "")), config.language, TASK])
+    run_dir = output / stem
+    store = ResultStore(run_dir / "store", identity)
+    results_file, samples_file = output / f"{stem}.json", run_dir / "samples.jsonl"
+
+    # ---------------------------------------------------------------- rank 0 opens the store
+    finished: list[int] = []
+    error = None
+    if ctx.is_main:
+        try:
+            store.directory.mkdir(parents=True, exist_ok=True)
+            finished = sorted(store.open_and_repair())
+        except Exception as err:  # noqa: BLE001
+            error = err
+    ctx.raise_if_any_failed(error)
+    finished = ctx.broadcast(finished)
+    done_chunks = complete_chunks(finished, B, dataset.size)
+    pending = [c for c in range(num_chunks(n_eval, B)) if c not in done_chunks]
+    mine = shard(pending, ctx.rank, ctx.world_size)
+    resumed = sum(1 for i in finished if i < n_eval)
+    my_indices = [i for c in mine for i in chunk_bounds(c, B, dataset.size)]
+    all_todo = sum(len(chunk_bounds(c, B, dataset.size)) for c in pending)
+    if ctx.is_main:
+        logger.info("%s on %s/%s: %d samples, %d already in %s, %d chunks of %d to score on %d rank(s)",
+                    model_name, config.dataset, config.split, n_eval, resumed, store.directory, len(pending), B,
+                    ctx.world_size)
+    if 0 < len(pending) < ctx.world_size and ctx.rank == len(pending):
+        logger.warning("only %d unfinished chunk(s) for %d ranks: ranks %d.. idle (a smaller --image-batch-size "
+                       "spreads the work wider)", len(pending), ctx.world_size, len(pending))
+
+    # ---------------------------------------------------------------- score this rank's chunks
+    rank_bar = RankProgress(ctx.rank, ctx.world_size, ctx.local_rank, len(my_indices), enabled=config.progress)
+    overall = (OverallProgress(store.directory, all_todo, resumed, enabled=config.progress)
+               if ctx.is_main and ctx.is_distributed else None)
+    started = time.perf_counter()
+    try:
+        with store.writer(ctx.rank) as writer:
+            chunk: list[tuple[int, Any, int]] = []
+            for item in dataset.samples(my_indices):
+                chunk.append(item)
+                index = item[0]
+                if index == chunk_bounds(index // B, B, dataset.size)[-1]:
+                    records = _score_chunk(clf, candidates, scoring, chunk)
+                    writer.append(records)
+                    rank_bar.update(records)
+                    chunk = []
+            if chunk:
+                raise RuntimeError(f"Chunk of samples {[i for i, _, _ in chunk]} ended early: the dataset changed "
+                                   "while it was read.")
+        elapsed = time.perf_counter() - started
+        if my_indices:
+            logger.info("rank %d scored %d samples in %.1f s (%.2f s/sample)", ctx.rank, len(my_indices), elapsed,
+                        elapsed / len(my_indices))
+        ctx.barrier()
+    finally:
+        rank_bar.close()
+        if overall is not None:
+            overall.close()
+
+    # ---------------------------------------------------------------- rank 0 merges
+    metrics = summary = None
+    error = None
+    if ctx.is_main:
+        try:
+            records_by_index = store.read_all()
+            missing = [i for i in range(n_eval) if i not in records_by_index]
+            if missing:
+                raise RuntimeError(
+                    f"{len(missing)} samples (first {missing[:5]}) have no record after every rank finished: a rank "
+                    "stopped early. Run the same command again to score them."
+                )
+            records = [records_by_index[i] for i in range(n_eval)]
+            metrics = classification_metrics(records, len(dataset.classes))
+            summary = cost_summary(records)
+            header = json.dumps({"dc_zoo_samples": identity.store_format, "identity": identity.to_dict()},
+                                separators=(",", ":"))
+            _write_atomic(samples_file, header + "\n" + "".join(r.to_json() + "\n" for r in records))
+            dump = {
+                "dataset": config.dataset, "model": model_name, "pretrained": revision or "local",
+                "task": TASK, "metrics": metrics, "language": config.language, "model_type": "dc_zoo",
+                "split": config.split, "n_samples_schedule": ",".join(map(str, scoring.n_samples)),
+                "to_keep": ",".join(map(str, scoring.to_keep)), "loss": scoring.loss, "seed": scoring.seed,
+                "n_trials": scoring.n_trials, "templates": list(templates), "images": summary["n_samples"],
+                "failed_images": summary["n_failed"], "evaluations_per_image": summary["evaluations_per_image"],
+                "samples_file": str(samples_file.relative_to(output)),
+            }
+            _write_atomic(results_file, json.dumps(dump, indent=2) + "\n")
+            if summary["n_failed"]:
+                logger.warning("%d samples could not be scored (non-finite network output) and count as wrong; see "
+                               "'error' in %s", summary["n_failed"], samples_file)
+            logger.info("%s on %s: acc1 %.4f acc5 %.4f mean_per_class_recall %.4f -> %s", model_name, config.dataset,
+                        metrics["acc1"], metrics["acc5"], metrics["mean_per_class_recall"], results_file)
+        except Exception as err:  # noqa: BLE001
+            error = err
+    ctx.raise_if_any_failed(error)
+    return EvalResult(metrics=metrics, results_file=results_file, samples_file=samples_file,
+                      store_dir=store.directory, scored=len(my_indices), resumed=resumed, summary=summary)
