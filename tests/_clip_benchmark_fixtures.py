@@ -21,13 +21,24 @@ def tiny_sd_classifier(scoring: ScoringConfig = FAST_SCORING) -> DiffusionClassi
     return DiffusionClassifier(tiny_sd_backend(), scoring=scoring, templates=(TEMPLATE,))
 
 
-def tiny_dit_classifier(num_classes: int = 10, scoring: ScoringConfig = FAST_SCORING) -> DiffusionClassifier:
-    from tiny_models import tiny_dit_backend
+def tiny_dit_classifier(num_classes: int = 1000, scoring: ScoringConfig = FAST_SCORING) -> DiffusionClassifier:
+    """A class-conditional DiT over ``num_classes`` labels (1000: ImageNet's label space), 16 px."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
-    backend = tiny_dit_backend(num_classes=num_classes)
-    if num_classes == len(CLASS_NAMES):
-        backend.id2label = dict(enumerate(CLASS_NAMES))
-    return DiffusionClassifier(backend, scoring=scoring)
+    from dc_zoo import DiTBackend
+
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1,
+        sample_size=8, patch_size=2, num_embeds_ada_norm=num_classes, norm_num_groups=4,
+    ).eval()
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
+    ).eval()
+    scheduler = DDIMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, num_train_timesteps=1000)
+    return DiffusionClassifier(DiTBackend(transformer, vae, scheduler), scoring=scoring)
 
 
 def digits_subset(n: int, split: str = "test"):
