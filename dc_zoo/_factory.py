@@ -74,11 +74,13 @@ class ResolvedModel:
         entry: the registry entry (or one described from the files for hf-hub / local models).
         snapshot: where the files are (repo, revision, commit, folder, bundled/cache/hub/local).
         model_index: the pipeline's model_index.json.
+        components: ``{component: (library, class_name)}`` of the components the backend needs.
     """
 
     entry: RegistryEntry
     snapshot: _hub.Snapshot
     model_index: Mapping[str, Any]
+    components: Mapping[str, tuple[str, str]]
 
 
 def _family_of(model_index: Mapping[str, Any], snapshot: _hub.Snapshot) -> str:
@@ -186,6 +188,7 @@ def resolve_model(name: str, revision: str | None = None, *, token: str | bool |
         snapshot = _hub.local_snapshot(parsed.id)
     model_index = _hub.read_model_index(snapshot)
     family = _family_of(model_index, snapshot)
+    components = _hub.check_components(snapshot, model_index, FAMILIES[family].required)
     if entry is None:
         entry = _describe_unlisted(name, snapshot, model_index, family)
     elif entry.family != family:
@@ -193,7 +196,7 @@ def resolve_model(name: str, revision: str | None = None, *, token: str | bool |
             f"{entry.name} is registered as {entry.family} but {snapshot.describe()} holds a "
             f"{model_index.get('_class_name')}; the repo changed under an unpinned revision: pin revision=<commit>."
         )
-    return ResolvedModel(entry=entry, snapshot=snapshot, model_index=model_index)
+    return ResolvedModel(entry=entry, snapshot=snapshot, model_index=model_index, components=components)
 
 
 def _load_component(snapshot: _hub.Snapshot, name: str, library: str, class_name: str, use_safetensors: bool):
@@ -272,9 +275,8 @@ def create_model(name: str, revision: str | None = None, device: str | torch.dev
                              allow_pickle=allow_pickle, endpoint=endpoint)
     entry, snapshot = resolved.entry, resolved.snapshot
     spec = FAMILIES[entry.family]
-    specs = _hub.check_components(snapshot, resolved.model_index, spec.required)
     use_safetensors = _hub.check_weight_files(snapshot, spec.networks, allow_pickle=allow_pickle)
-    parts = {c: _load_component(snapshot, c, lib, cls, use_safetensors) for c, (lib, cls) in specs.items()}
+    parts = {c: _load_component(snapshot, c, lib, cls, use_safetensors) for c, (lib, cls) in resolved.components.items()}
     scheduler = parts["scheduler"]
     declared = scheduler.config.get("prediction_type", "epsilon") or "epsilon"
     if entry.listed and entry.prediction_type and declared != entry.prediction_type:

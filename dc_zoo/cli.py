@@ -185,6 +185,30 @@ def _parse_classes(classes: Sequence[str] | None, class_conditional: bool) -> li
     return list(classes)
 
 
+def _split_trailing_files(values: Sequence[str] | None) -> tuple[list[str] | None, list[str]]:
+    """``--classes cat dog a.png`` -> (["cat", "dog"], ["a.png"]).
+
+    argparse cannot tell where a list option ends and the IMAGE arguments begin, so it gives
+    the images to the last list option; they are its trailing values that name existing files.
+    """
+    if values is None:
+        return None, []
+    values, files = list(values), []
+    while values and Path(values[-1]).is_file():
+        files.insert(0, values.pop())
+    return values, files
+
+
+def _integers(values: Sequence[str] | None, option: str) -> tuple[int, ...] | None:
+    if not values:
+        return None
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise ValueError(f"{option} takes integers, got {' '.join(values)}; image files go at the end "
+                         "(they must exist) or after `--`.") from None
+
+
 def _load_images(paths: Sequence[str]):
     from PIL import Image
 
@@ -201,11 +225,17 @@ def run_classify(args: argparse.Namespace) -> int:
     _configure_logging(args)
     from ._factory import create_model
 
+    paths = list(args.images)
+    for option in ("classes", "template", "n_samples", "to_keep"):
+        values, files = _split_trailing_files(getattr(args, option))
+        setattr(args, option, values)
+        paths = files + paths
+    if not paths:
+        raise ValueError("No image files given: list them at the end of the command (or after `--`).")
     overrides = {k: v for k, v in dict(
-        n_samples=tuple(args.n_samples) if args.n_samples else None,
-        to_keep=tuple(args.to_keep) if args.to_keep else None,
+        n_samples=_integers(args.n_samples, "--n-samples"), to_keep=_integers(args.to_keep, "--to-keep"),
         loss=args.loss, seed=args.seed, batch_size=args.batch_size, n_trials=args.n_trials).items() if v is not None}
-    images = _load_images(args.images)
+    images = _load_images(paths)
     classifier = create_model(args.model, revision=args.revision, device=args.device, dtype=args.dtype,
                               scoring=overrides, allow_pickle=args.allow_pickle)
     entry = classifier.entry
@@ -218,7 +248,7 @@ def run_classify(args: argparse.Namespace) -> int:
     top_k = max(1, min(args.top_k, len(output.class_names)))
     ranked = output.topk(top_k)
     results = []
-    for i, path in enumerate(args.images):
+    for i, path in enumerate(paths):
         top = [{"class": output.class_names[int(j)], "error": float(output.errors[i, j]),
                 "stage": int(output.stage_reached[i, j])} for j in ranked[i]]
         results.append({"image": path, "prediction": output.predicted_names[i], "top": top,
@@ -255,8 +285,8 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
                       help="prompt template(s) with {} for the class, e.g. 'a photo of a {}.' (default: the entry's); "
                            "each template multiplies the cost")
     how = parser.add_argument_group("schedule (default: the entry's)")
-    how.add_argument("--n-samples", type=int, nargs="+", default=None, help="timesteps per adaptive stage, e.g. 50 500")
-    how.add_argument("--to-keep", type=int, nargs="+", default=None, help="classes kept after each stage, e.g. 5 1")
+    how.add_argument("--n-samples", nargs="+", default=None, help="timesteps per adaptive stage, e.g. 50 500")
+    how.add_argument("--to-keep", nargs="+", default=None, help="classes kept after each stage, e.g. 5 1")
     how.add_argument("--loss", choices=LOSSES, default=None, help="error between noise and prediction")
     how.add_argument("--seed", type=int, default=None, help="noise seed (results are reproducible for a seed)")
     how.add_argument("--n-trials", type=int, default=None, help="noise draws per timestep")
@@ -267,7 +297,8 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
     run.add_argument("--json", action="store_true", help="machine-readable output")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("images", nargs="*", metavar="IMAGE",
+                        help="image files, at the end of the command (or after `--`)")
     parser.set_defaults(func=run_classify)
     return parser
 

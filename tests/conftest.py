@@ -25,6 +25,10 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Tiny networks run fastest on one thread, and several suites share this machine's two cores:
+# oversubscribed intra-op threads made the tiny-model tests 5x slower. DC_ZOO_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("DC_ZOO_TEST_THREADS", "1")))
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: minutes of CPU; deselect with -m 'not slow'")
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
