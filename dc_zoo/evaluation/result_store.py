@@ -233,11 +233,11 @@ class ResultStore:
             run_start = len(records)
             while run_start > 0 and records[run_start - 1][0].index // B == last_chunk:
                 run_start -= 1
-            if len(records) - run_start < len(chunk_bounds(last_chunk, B, n)):
+            members = chunk_bounds(last_chunk, B, n)
+            if len(records) - run_start < len(members):
                 keep_until = records[run_start - 1][1] if run_start > 0 else header_end
-                dropped = [r.index for r, _ in records[run_start:]]
-                logger.warning("%s: the last chunk (samples %s) was only partly written; it will be scored again.",
-                               path, dropped)
+                logger.warning("%s: the last chunk (samples %s) was only partly written (%d of %d records); it "
+                               "will be scored again.", path, list(members), len(records) - run_start, len(members))
                 records = records[:run_start]
         if keep_until is not None:
             size = path.stat().st_size
