@@ -104,6 +104,11 @@ def _semantic_errors(data: Mapping[str, Any], where: str) -> list[str]:
         errors.append(f"{where}: revision is a commit hash; set revision_pinned to true")
     if data.get("original_id") and data.get("original_id") == data.get("hub_id"):
         errors.append(f"{where}: original_id repeats hub_id; set it to null")
+    diffusion = data.get("family") != "open_clip"
+    if diffusion and not (data.get("schedule") and data.get("cost")):
+        errors.append(f"{where}: a diffusion entry needs a schedule and its cost")
+    if not diffusion and (data.get("schedule") or data.get("cost")):
+        errors.append(f"{where}: an open_clip entry has no diffusion schedule; set schedule and cost to null")
     schedule = data.get("schedule") or {}
     if len(schedule.get("n_samples", ())) != len(schedule.get("to_keep", ())):
         errors.append(f"{where}.schedule: n_samples and to_keep must have the same length")
@@ -154,8 +159,8 @@ class RegistryEntry:
     default_dtype: str
     template: str | None
     num_classes: int | None
-    schedule: Mapping[str, Any]
-    cost: Mapping[str, int]
+    schedule: Mapping[str, Any] | None
+    cost: Mapping[str, int] | None
     license: str
     accuracy: tuple[Mapping[str, Any], ...]
     intended_use: str
@@ -179,7 +184,8 @@ class RegistryEntry:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "listed"}
         for key in ("accuracy", "limitations", "notes"):
             out[key] = list(out[key])
-        out["schedule"], out["cost"] = dict(self.schedule), dict(self.cost)
+        out["schedule"] = dict(self.schedule) if self.schedule is not None else None
+        out["cost"] = dict(self.cost) if self.cost is not None else None
         return out
 
     @property

@@ -94,10 +94,13 @@ def run_list(args: argparse.Namespace) -> int:
     rows = []
     for name in names:
         entry = get_entry(name)
-        k, evals = _cost(entry)
+        cost = "1 forward pass (CLIP)"
+        if entry.schedule is not None:
+            k, evals = _cost(entry)
+            cost = f"{evals:,} for {k} classes"
         where = entry.hub_id + ("" if entry.official_location else " (unofficial mirror)")
-        rows.append((name + (" *" if entry.default else ""), entry.family, f"{entry.resolution}px", where,
-                     f"{evals:,} for {k} classes" if entry.family != "open_clip" else "-", _weights_status(entry)[0]))
+        rows.append((name + (" *" if entry.default else ""), entry.family, f"{entry.resolution}px", where, cost,
+                     _weights_status(entry)[0]))
     header = ("name", "family", "size", "weights from", "evaluations/image", "weights here")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
@@ -121,12 +124,12 @@ def run_info(args: argparse.Namespace) -> int:
     _configure_logging(args)
     entry = get_entry(args.name)
     status, snapshot = _weights_status(entry)
-    k, evals = _cost(entry, args.num_classes)
+    k, evals = _cost(entry, args.num_classes) if entry.schedule is not None else (None, None)
     if args.json:
         data = entry.to_dict()
         data["weights"] = {"status": status, "path": str(snapshot.path) if snapshot else None,
                            "commit": snapshot.commit if snapshot else None}
-        data["cost_for_num_classes"] = {"num_classes": k, "evaluations_per_image": evals}
+        data["cost_for_num_classes"] = {"num_classes": k, "evaluations_per_image": evals} if k else None
         print(json.dumps(data, indent=2))
         return 0
     lines = [f"{entry.name}{'  (default model)' if entry.default else ''}", f"  {entry.description}",
@@ -145,9 +148,13 @@ def run_info(args: argparse.Namespace) -> int:
         lines.append(f"  template:     {entry.template!r}")
     if entry.num_classes:
         lines.append(f"  classes:      {entry.num_classes} labels")
-    lines += [f"  schedule:     {_schedule_text(entry)}  ({entry.schedule['source']})",
-              f"  cost:         {evals:,} network evaluations per image for {k} classes (--num-classes K for others)",
-              f"  license:      {entry.license}"]
+    if entry.schedule is not None:
+        lines += [f"  schedule:     {_schedule_text(entry)}  ({entry.schedule['source']})",
+                  f"  cost:         {evals:,} network evaluations per image for {k} classes (--num-classes K for others)"]
+    else:
+        lines.append(f"  use with:     open_clip.create_model_and_transforms('hf-hub:{entry.hub_id}'"
+                     + (f", cache_dir='{_hub.BUNDLED_CACHE}')" if entry.hub_id.startswith(_hub.BUNDLED_ORG + "/") else ")"))
+    lines.append(f"  license:      {entry.license}")
     for acc in entry.accuracy:
         how = f", {acc['schedule']}" if acc.get("schedule") else ""
         lines.append(f"  accuracy:     {acc['dataset']}: {acc['top1']}% top-1 ({acc['kind']}{how}; {acc['source']})")

@@ -210,7 +210,8 @@ def test_registry_model_not_cached_names_both_locations(tmp_path):
 
 def test_open_clip_entry_is_not_a_diffusion_classifier(registered):
     name = registered(_entry("tiny-clip-test", "dc-zoo-test/tiny-clip", "main", family="open_clip",
-                             pipeline_class="CLIP", prediction_type=None, template="a photo of {}."))
+                             pipeline_class="CLIP", prediction_type=None, template="a photo of {}.",
+                             schedule=None, cost=None))
     with pytest.raises(ValueError, match="open_clip.create_model_and_transforms"):
         create_model(name)
 

@@ -45,7 +45,10 @@ def test_hub_ids_and_revision_well_formed(name):
         assert entry.location_note and ("unofficial" in entry.location_note or "mirror" in entry.location_note)
 
 
-@pytest.mark.parametrize("name", list_models())
+DIFFUSION = list_models(family="stable_diffusion") + list_models(family="dit")
+
+
+@pytest.mark.parametrize("name", DIFFUSION)
 def test_cost_is_what_the_timestep_plan_spends(name):
     entry = get_entry(name)
     T = entry.cost["num_train_timesteps"]
@@ -54,7 +57,7 @@ def test_cost_is_what_the_timestep_plan_spends(name):
     assert plan.evaluations(entry.cost["num_classes"], entry.to_keep) == entry.cost["evaluations_per_image"]
 
 
-@pytest.mark.parametrize("name", list_models(family="stable_diffusion") + list_models(family="dit"))
+@pytest.mark.parametrize("name", DIFFUSION)
 def test_entry_builds_the_engine_configs(name):
     entry = get_entry(name)
     PreprocessConfig(size=entry.resolution, interpolation=entry.interpolation, crop=entry.crop)
@@ -174,6 +177,8 @@ def _bad(**changes):
     (_bad(schedule={"n_samples": [50, 500], "to_keep": [5, 2], "loss": "l2", "source": "x" * 5}), "last to_keep must be 1"),
     (_bad(schedule={"n_samples": [50], "to_keep": [5, 1], "loss": "l2", "source": "x" * 5}), "same length"),
     (_bad(template="a photo"), "placeholder"),
+    (_bad(schedule=None), "needs a schedule and its cost"),
+    (_bad(family="open_clip"), "set schedule and cost to null"),
     (_bad(accuracy=[{"dataset": "CIFAR10", "top1": 188.5, "kind": "published", "source": "paper"}]), "maximum"),
 ])
 def test_validator_rejects_bad_entries(data, fragment):
