@@ -193,3 +193,12 @@ def test_register_entry_refuses_duplicates_unless_overwrite():
         register_entry(data)
     register_entry(data, overwrite=True)
     assert get_entry("sd-2-base").to_dict() == data
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_card_describes_every_entry(name):
+    from pathlib import Path
+
+    card = (Path(__file__).resolve().parents[1] / "MODEL_CARD.md").read_text(encoding="utf-8")
+    headings = [line for line in card.splitlines() if line.startswith("#")]
+    assert any(re.search(rf"\b{re.escape(name)}\b", h) for h in headings), f"MODEL_CARD.md has no section for {name}"
