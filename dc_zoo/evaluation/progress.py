@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,11 @@ from .result_store import SampleRecord
 logger = logging.getLogger(__name__)
 
 __all__ = ["RankProgress", "OverallProgress"]
+
+
+def _refresh_interval() -> float:
+    """Live bars on a terminal; in a batch log (SLURM), a line every half minute instead of a flood."""
+    return 0.1 if sys.stderr.isatty() else 30.0
 
 
 class _Tally:
@@ -47,7 +53,7 @@ class RankProgress:
 
             desc = "dc-zoo eval" if world_size == 1 else f"rank {rank}/{world_size}"
             self.bar = tqdm(total=total, desc=desc, unit="img", position=(local_rank + 1) if world_size > 1 else 0,
-                            dynamic_ncols=True, leave=world_size == 1)
+                            dynamic_ncols=True, leave=world_size == 1, mininterval=_refresh_interval())
 
     def update(self, records: Sequence[SampleRecord]) -> None:
         for r in records:
@@ -82,7 +88,7 @@ class OverallProgress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=f"all ranks (+{resumed} resumed)", unit="img", position=0,
-                            dynamic_ncols=True)
+                            dynamic_ncols=True, mininterval=_refresh_interval())
             self._thread = threading.Thread(target=self._follow, args=(interval,), daemon=True,
                                             name="dc-zoo-eval-progress")
             self._thread.start()

@@ -269,8 +269,11 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
         error = err
     ctx.raise_if_any_failed(error)
 
-    stem = "_".join([_slug(config.dataset.replace("wds/", "", 1)), _slug(revision or "local")[:12],
-                     _slug(model_name.replace("local-dir:", "")), config.language, TASK])
+    local_path = model_name.replace("local-dir:", "", 1)
+    model_slug = _slug(Path(local_path).name if Path(local_path).is_dir() else model_name)
+    # clip_benchmark's own file naming: {dataset}_{pretrained}_{model}_{language}_{task}
+    stem = "_".join([_slug(config.dataset.replace("wds/", "", 1)), _slug(revision or "local")[:12], model_slug,
+                     config.language, TASK])
     run_dir = output / stem
     store = ResultStore(run_dir / "store", identity)
     results_file, samples_file = output / f"{stem}.json", run_dir / "samples.jsonl"
