@@ -306,8 +306,9 @@ def check_weight_files(snapshot: Snapshot, components: Iterable[str], allow_pick
             )
         if not pickled:
             raise MissingComponentsError(
-                f"Component {name!r} of {snapshot.describe()} has no weights (no .safetensors or .bin file in {name}/); "
-                "the snapshot is incomplete: download it again."
+                f"Component {name!r} of {snapshot.describe()} has no weights (no .safetensors or .bin file in {name}/). "
+                "If the repo has only pickle .bin weights, pass allow_pickle=True (they are not fetched otherwise); "
+                "else the snapshot is incomplete: download it again."
             )
         all_safe = False
     return all_safe
