@@ -172,9 +172,8 @@ def resolve_model(name: str, revision: str | None = None, *, token: str | bool |
         entry = get_entry(parsed.id)
         if entry.family not in FAMILIES:
             raise ValueError(
-                f"{entry.name} is a {entry.family} model, not a diffusion classifier; load it with "
-                f"open_clip.create_model_and_transforms('hf-hub:{entry.hub_id}', cache_dir='{_hub.BUNDLED_CACHE}') "
-                "and compare it side by side."
+                f"{entry.name} is a {entry.family} model (a CLIP baseline), not a diffusion classifier; load it with "
+                f"{_hub.open_clip_load_hint(entry.hub_id)} and compare it side by side."
             )
         snapshot = _resolve_entry_snapshot(entry, revision, None, hub_kwargs)
     elif parsed.source == "hf-hub":

@@ -26,7 +26,7 @@ __all__ = [
     "BUNDLED_CACHE", "BUNDLED_ORG", "Snapshot", "ZooHubError", "ModelNotCachedError", "RevisionNotCachedError",
     "ModelRevisionNotFoundError", "ModelRepoNotFoundError", "GatedModelError", "MissingComponentsError",
     "UnsupportedPipelineError", "PickleWeightsError", "download_snapshot", "cached_snapshot", "local_snapshot",
-    "read_model_index", "check_components", "check_weight_files", "hub_cache_dir", "is_offline",
+    "read_model_index", "check_components", "check_weight_files", "hub_cache_dir", "is_offline", "open_clip_load_hint",
 ]
 
 BUNDLED_CACHE = Path(__file__).resolve().parent / "hub_cache"  # Hub-format cache of the trained miniatures
@@ -126,6 +126,12 @@ def _library_version() -> str:
 
 def _is_bundled(repo_id: str) -> bool:
     return repo_id.split("/")[0] == BUNDLED_ORG and (BUNDLED_CACHE / _repo_folder(repo_id)).is_dir()
+
+
+def open_clip_load_hint(repo_id: str) -> str:
+    """How to load an open_clip repo of the zoo (from the bundled cache when it ships with dc_zoo)."""
+    cache = f", cache_dir='{BUNDLED_CACHE}'" if _is_bundled(repo_id) else ""
+    return f"open_clip.create_model_and_transforms('hf-hub:{repo_id}'{cache})"
 
 
 def _repo_folder(repo_id: str) -> str:

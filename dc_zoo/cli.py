@@ -152,8 +152,7 @@ def run_info(args: argparse.Namespace) -> int:
         lines += [f"  schedule:     {_schedule_text(entry)}  ({entry.schedule['source']})",
                   f"  cost:         {evals:,} network evaluations per image for {k} classes (--num-classes K for others)"]
     else:
-        lines.append(f"  use with:     open_clip.create_model_and_transforms('hf-hub:{entry.hub_id}'"
-                     + (f", cache_dir='{_hub.BUNDLED_CACHE}')" if entry.hub_id.startswith(_hub.BUNDLED_ORG + "/") else ")"))
+        lines.append(f"  use with:     {_hub.open_clip_load_hint(entry.hub_id)}")
     lines.append(f"  license:      {entry.license}")
     for acc in entry.accuracy:
         how = f", {acc['schedule']}" if acc.get("schedule") else ""
