@@ -39,6 +39,12 @@ def test_unknown_dataset_names_come_from_clip_benchmark():
         check_dataset_name("vtab")
 
 
+def test_unknown_model_is_refused_before_any_sample(digits_root, tmp_path, capsys):
+    err = _fails(eval_args("sd-digits-mni", digits_root, tmp_path), capsys)
+    assert "sd-digits-mni" in err
+    assert not list(tmp_path.rglob("*.jsonl"))
+
+
 def test_missing_dataset_root_says_what_is_expected(eval_model, tmp_path, capsys):
     err = _fails(eval_args(eval_model, tmp_path / "nowhere", tmp_path / "out"), capsys)
     assert "nowhere does not exist" in err and "nshards.txt" in err and "classnames.txt" in err

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Sequence
 
+from .._hub import ZooHubError
 from ..losses import LOSSES
 from .distributed import RankFailedError
 from .identity import IdentityMismatchError
@@ -35,10 +36,11 @@ examples:
   dc-zoo eval --model sd-digits-mini --dataset wds/digits --dataset_root data/digits --output results
   torchrun --nproc-per-node 8 -m dc_zoo.evaluation --model sd-2-base --dataset cifar10 \\
       --dataset_root data/cifar10 --output results --loss l1
+  accelerate launch --num_processes 8 -m dc_zoo.evaluation --model sd-2-base ...   (same run)
   (multi-node: scripts/slurm_eval.sh)"""
 
 # Errors that are the user's input, not a bug: one line, no traceback.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, PermissionError, IdentityMismatchError,
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, PermissionError, ZooHubError, IdentityMismatchError,
                StoreCorruptError, RankFailedError)
 
 
