@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from _clip_benchmark_fixtures import (
-    CLIP_TEMPLATES, FAST_SCORING, WinogroundStyleDigits, digits_subset, tiny_sd_classifier,
+    CLIP_TEMPLATES, FAST_SCORING, WinogroundStyleDigits, caption, digits_subset, tiny_sd_classifier,
 )
 from dc_zoo.clip_benchmark import DiffusionClassifierForClipBenchmark, UnsupportedTaskError, register
 from dc_zoo.clip_benchmark.model import single_stage
@@ -121,7 +121,7 @@ def test_caption_selection_is_diffusion_itm_at_batch_sizes_1_and_4(metrics_modul
     _, image_caption_selection = metrics_modules
     from clip_benchmark.datasets.builder import image_captions_collate_fn
 
-    images, labels = digits_subset(10)
+    images, labels = digits_subset(8)
     model = DiffusionClassifierForClipBenchmark(classifier, name="tiny-sd")
     dataset = WinogroundStyleDigits(images, labels, model.transform)
     assert len(dataset) >= 4
@@ -132,6 +132,29 @@ def test_caption_selection_is_diffusion_itm_at_batch_sizes_1_and_4(metrics_modul
         for key, value in expected.items():
             assert metrics[key] == pytest.approx(value), (batch_size, key)
         assert metrics["dc_schedule"].startswith("n_samples=4 to_keep=1")
+
+
+def test_single_batch_retrieval_ranks_pairs_by_normalised_error(classifier):
+    register()
+    from clip_benchmark.datasets.builder import image_captions_collate_fn
+    from clip_benchmark.metrics import zeroshot_retrieval
+
+    images, labels = digits_subset(3)
+    model = DiffusionClassifierForClipBenchmark(classifier, name="tiny-sd")
+    pixels = torch.stack([model.transform(im) for im in images])
+    captions = [caption(label) for label in labels]
+    loader = torch.utils.data.DataLoader(list(zip(pixels, [[c] for c in captions])), batch_size=3,
+                                         collate_fn=image_captions_collate_fn)
+    metrics = zeroshot_retrieval.evaluate(model, loader, model.tokenizer, "cpu", amp=True, recall_k_list=[1])
+    backend = classifier.backend
+    conditions = torch.cat([backend.encode_conditions(captions), backend.unconditional()])
+    err = score_candidates(backend.denoise, backend.schedule, backend.encode_images(pixels), conditions,
+                           single_stage(classifier.scoring), sample_keys=[image_key(p) for p in pixels],
+                           model_dtype=backend.dtype).candidate_errors
+    s = err[:, 3:4] - err[:, :3]  # [image, caption]
+    truth = torch.arange(3)
+    assert metrics["image_retrieval_recall@1"] == pytest.approx(float((s.argmax(0) == truth).float().mean()))
+    assert metrics["text_retrieval_recall@1"] == pytest.approx(float((s.argmax(1) == truth).float().mean()))
 
 
 def test_unsupported_tasks_stop_before_any_scoring(metrics_modules, classifier):

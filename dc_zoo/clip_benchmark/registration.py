@@ -10,7 +10,9 @@ is built. Registration therefore edits those two objects in place, right after
   diffusion_classifier``;
 - ``TYPE2FUNC["open_clip"]`` wrapped so that ``--model diffusion-classifier --pretrained
   <entry>`` works with the default model type, and so that a ``--pretrained_model`` file can
-  mix open_clip models and Diffusion Classifier entries in one run; every other name reaches
+  mix open_clip models and Diffusion Classifier entries in one run; the zoo's own CLIP
+  baselines (``open_clip``-family entries such as ``clip-digits-mini``) load by name from the
+  bundled cache (``--model clip-digits-mini --pretrained dc-zoo``); every other name reaches
   open_clip unchanged;
 - ``clip_benchmark.cli.run`` wrapped to stop unsupported tasks before a model is loaded, and
   the metric functions wrapped (``tasks.patch_metrics``) when a Diffusion Classifier is loaded;
@@ -84,13 +86,35 @@ def load_diffusion_classifier(model_name: str = MODEL_NAME, pretrained: str = ""
     kwargs: dict[str, Any] = {"device": device}
     if cache_dir:
         kwargs["cache_dir"] = cache_dir
-    classifier = create_model(pretrained, **kwargs)
     overrides = _scoring_overrides()
     if overrides:
-        classifier.scoring = dataclasses.replace(classifier.scoring, **overrides)
-        logger.info("%s scoring overridden by %s: %s", pretrained, SCORING_ENV, classifier.scoring)
+        kwargs["scoring"] = overrides  # merged over the entry's own schedule by create_model
+        logger.info("%s: scoring overrides from %s: %s", pretrained, SCORING_ENV, overrides)
+    classifier = create_model(pretrained, **kwargs)
     model = DiffusionClassifierForClipBenchmark(classifier, name=pretrained)
     return model, model.transform, model.tokenizer
+
+
+def _zoo_open_clip_entry(model_name: str) -> Any:
+    """The zoo's ``open_clip``-family entry called ``model_name`` (a CLIP baseline), else None."""
+    from .._registry import get_entry
+
+    try:
+        entry = get_entry(model_name)
+    except KeyError:
+        return None
+    return entry if entry.family == "open_clip" else None
+
+
+def load_zoo_open_clip(load_open_clip, entry: Any, pretrained: str, cache_dir: str | None, device: Any):
+    """A zoo CLIP baseline through clip_benchmark's own open_clip loader, from the bundled cache if there."""
+    from .._hub import BUNDLED_CACHE, _is_bundled
+
+    bundled = _is_bundled(entry.hub_id)
+    if pretrained not in ("", entry.name, "dc-zoo"):
+        logger.info("%s: --pretrained %r ignored; the entry fixes the weights (hf-hub:%s)", entry.name, pretrained, entry.hub_id)
+    return load_open_clip(model_name=f"hf-hub:{entry.hub_id}", pretrained="",
+                          cache_dir=cache_dir or (str(BUNDLED_CACHE) if bundled else None), device=device)
 
 
 def _open_clip_or_diffusion_classifier(load_open_clip):
@@ -99,6 +123,9 @@ def _open_clip_or_diffusion_classifier(load_open_clip):
              device: Any = "cpu"):
         if model_name == MODEL_NAME:
             return load_diffusion_classifier(model_name, pretrained, cache_dir=cache_dir, device=device)
+        entry = _zoo_open_clip_entry(model_name)
+        if entry is not None:
+            return load_zoo_open_clip(load_open_clip, entry, pretrained, cache_dir, device)
         return load_open_clip(model_name=model_name, pretrained=pretrained, cache_dir=cache_dir, device=device)
 
     load._dc_zoo_wrapped = True
