@@ -36,7 +36,7 @@ examples:
   dc-zoo eval --model sd-digits-mini --dataset wds/digits --dataset_root data/digits --output results
   torchrun --nproc-per-node 8 -m dc_zoo.evaluation --model sd-2-base --dataset cifar10 \\
       --dataset_root data/cifar10 --output results --loss l1
-  accelerate launch --num_processes 8 -m dc_zoo.evaluation --model sd-2-base ...   (same run)
+  accelerate launch --multi_gpu --num_processes 8 -m dc_zoo.evaluation --model sd-2-base ...  (the same)
   (multi-node: scripts/slurm_eval.sh)"""
 
 # Errors that are the user's input, not a bug: one line, no traceback.
