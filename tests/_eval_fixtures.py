@@ -63,10 +63,41 @@ def save_tiny_sd_pipeline(folder: Path) -> Path:
     return folder
 
 
+def save_tiny_dit_pipeline(folder: Path) -> Path:
+    """A 16 px DiTPipeline over the ten digit classes, with the id2label table DiT repos ship."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    from dc_zoo.digits import CLASS_NAMES
+
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1,
+        sample_size=8, patch_size=2, num_embeds_ada_norm=len(CLASS_NAMES), norm_type="ada_norm_zero",
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
+    )
+    scheduler = DDIMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000)
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["id2label"] = {str(k): v for k, v in enumerate(CLASS_NAMES)}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def eval_model(tmp_path_factory) -> str:
     """The model every eval test scores with, by the name ``dc-zoo eval --model`` takes."""
     return str(save_tiny_sd_pipeline(tmp_path_factory.mktemp("eval-model") / "tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def eval_dit_model(tmp_path_factory) -> str:
+    """A class-conditional model (integer labels, no prompts) for the eval tests."""
+    return str(save_tiny_dit_pipeline(tmp_path_factory.mktemp("eval-dit") / "tiny-dit"))
 
 
 def subprocess_env() -> dict[str, str]:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from _eval_fixtures import (LIMIT, digits_root, eval_args, eval_in_process, eval_model, read_results,  # noqa: F401
-                            result_files, run_eval, start_eval)
+from _eval_fixtures import (LIMIT, digits_root, eval_args, eval_dit_model, eval_in_process, eval_model,  # noqa: F401
+                            read_results, result_files, run_eval, start_eval)
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +151,14 @@ def test_changed_templates_are_refused_on_resume(reference, eval_model, digits_r
     template_file.write_text("a drawing of the digit {c}.\n")
     assert eval_in_process(eval_args(eval_model, digits_root, output) + ["--templates", str(template_file)]) == 2
     assert "templates: stored" in capsys.readouterr().err
+
+
+def test_class_conditional_model_scores_labels_not_prompts(eval_dit_model, digits_root, tmp_path):
+    args = eval_args(eval_dit_model, digits_root, tmp_path) + ["--limit", "4"]
+    assert eval_in_process(args) == 0
+    results, samples = read_results(tmp_path)
+    header = json.loads(result_files(tmp_path)[1].read_text().splitlines()[0])
+    assert header["identity"]["templates"] == [] and results["templates"] == []
+    assert header["identity"]["class_names"][3] == "three"
+    assert [s["index"] for s in samples] == [0, 1, 2, 3]
+    assert all(len(s["errors"]) == 10 and s["evaluations"] == 26 for s in samples)
