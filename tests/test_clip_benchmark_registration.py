@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -67,9 +66,13 @@ def test_cli_run_stops_unsupported_tasks_before_loading_the_model(task, options,
 
 
 def _hook_site(tmp_path: Path) -> Path:
+    """A site-packages stand-in holding the hook, placed by ``python -m dc_zoo.clip_benchmark install-hook``."""
+    from dc_zoo.clip_benchmark.__main__ import main
+
     site_dir = tmp_path / "site"
     site_dir.mkdir(parents=True)
-    shutil.copy(PTH_FILE, site_dir / PTH_FILE.name)
+    assert main(["install-hook", "--site-dir", str(site_dir)]) == 0
+    assert (site_dir / PTH_FILE.name).read_text() == PTH_FILE.read_text()
     return site_dir
 
 
