@@ -162,3 +162,13 @@ def test_class_conditional_model_scores_labels_not_prompts(eval_dit_model, digit
     assert header["identity"]["class_names"][3] == "three"
     assert [s["index"] for s in samples] == [0, 1, 2, 3]
     assert all(len(s["errors"]) == 10 and s["evaluations"] == 26 for s in samples)
+
+
+def test_a_longer_limit_reuses_the_shorter_run(reference, eval_model, digits_root, tmp_path, caplog):
+    args = eval_args(eval_model, digits_root, tmp_path)
+    assert eval_in_process(args + ["--limit", "3"]) == 0  # rounded up to 2 whole chunks of 2
+    assert [s["index"] for s in read_results(tmp_path)[1]] == [0, 1, 2, 3]
+    with caplog.at_level("INFO", logger="dc_zoo.evaluation"):
+        assert eval_in_process(args + ["--limit", "8"]) == 0
+    assert any("8 samples, 4 already in" in r.getMessage() for r in caplog.records)
+    assert read_results(tmp_path)[1] == read_results(reference)[1][:8]
