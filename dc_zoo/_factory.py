@@ -221,7 +221,8 @@ def _load_component(snapshot: _hub.Snapshot, name: str, library: str, class_name
 def _scoring_for(entry: RegistryEntry, scoring: ScoringConfig | Mapping[str, Any] | None) -> ScoringConfig:
     if isinstance(scoring, ScoringConfig):
         return scoring
-    base = ScoringConfig(n_samples=entry.n_samples, to_keep=entry.to_keep, loss=entry.loss)
+    base = ScoringConfig(n_samples=entry.n_samples, to_keep=entry.to_keep, loss=entry.loss,
+                         batch_size=int(entry.schedule.get("batch_size", ScoringConfig.batch_size)))
     return dataclasses.replace(base, **dict(scoring or {}))
 
 
