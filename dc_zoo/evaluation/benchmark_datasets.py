@@ -173,7 +173,7 @@ class BenchmarkDataset:
                 yield i, image, int(label)
             return
         # A stream (WebDataset): read in order, keep the wanted ones, stop after the last.
-        position = 0
+        position, i = 0, -1
         for i, (image, label) in enumerate(self.source):
             if i == wanted[position]:
                 yield i, image, int(label)
