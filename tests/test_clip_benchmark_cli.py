@@ -46,6 +46,7 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("clip-benchmark-cli")
     write_digits_webdataset(root / "wds", "test", samples_per_shard=N_IMAGES)
     (root / "wds" / "test" / "nshards.txt").write_text("1\n")
+    (root / "results").mkdir()  # clip_benchmark writes into --output's folder but does not create it
     site_dir = root / "site"
     site_dir.mkdir()
     shutil.copy(Path(dc_cb.__file__).parent / "dc_zoo_clip_benchmark.pth", site_dir)

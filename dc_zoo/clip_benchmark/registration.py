@@ -11,9 +11,9 @@ is built. Registration therefore edits those two objects in place, right after
 - ``TYPE2FUNC["open_clip"]`` wrapped so that ``--model diffusion-classifier --pretrained
   <entry>`` works with the default model type, and so that a ``--pretrained_model`` file can
   mix open_clip models and Diffusion Classifier entries in one run; the zoo's own CLIP
-  baselines (``open_clip``-family entries such as ``clip-digits-mini``) load by name from the
-  bundled cache (``--model clip-digits-mini --pretrained dc-zoo``); every other name reaches
-  open_clip unchanged;
+  baselines (``open_clip``-family entries such as ``clip-digits-mini``) load by name, from the
+  bundled cache for the miniatures (``--model clip-digits-mini --pretrained dc-zoo``); every
+  other name reaches open_clip unchanged;
 - ``clip_benchmark.cli.run`` wrapped to stop unsupported tasks before a model is loaded, and
   the metric functions wrapped (``tasks.patch_metrics``) when a Diffusion Classifier is loaded;
 - ``zeroshot_classification.accuracy`` replaced only where NumPy >= 2.4 breaks it.
@@ -107,14 +107,18 @@ def _zoo_open_clip_entry(model_name: str) -> Any:
 
 
 def load_zoo_open_clip(load_open_clip, entry: Any, pretrained: str, cache_dir: str | None, device: Any):
-    """A zoo CLIP baseline through clip_benchmark's own open_clip loader, from the bundled cache if there."""
-    from .._hub import BUNDLED_CACHE, _is_bundled
+    """A zoo CLIP baseline through clip_benchmark's own open_clip loader.
 
-    bundled = _is_bundled(entry.hub_id)
+    The weights are resolved by ``_hub`` (the bundled cache for the miniatures, pinned revision)
+    and handed over as ``local-dir:<snapshot>``: clip_benchmark calls ``open_clip.get_tokenizer``
+    without ``cache_dir``, so an ``hf-hub:`` name outside the default cache would fail offline.
+    """
+    from .._hub import download_snapshot
+
     if pretrained not in ("", entry.name, "dc-zoo"):
-        logger.info("%s: --pretrained %r ignored; the entry fixes the weights (hf-hub:%s)", entry.name, pretrained, entry.hub_id)
-    return load_open_clip(model_name=f"hf-hub:{entry.hub_id}", pretrained="",
-                          cache_dir=cache_dir or (str(BUNDLED_CACHE) if bundled else None), device=device)
+        logger.info("%s: --pretrained %r ignored; the entry fixes the weights (%s)", entry.name, pretrained, entry.hub_id)
+    snapshot = download_snapshot(entry.hub_id, entry.revision, cache_dir=cache_dir)
+    return load_open_clip(model_name=f"local-dir:{snapshot.path}", pretrained="", cache_dir=None, device=device)
 
 
 def _open_clip_or_diffusion_classifier(load_open_clip):
