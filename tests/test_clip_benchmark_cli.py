@@ -23,8 +23,8 @@ import torch
 import dc_zoo.clip_benchmark as dc_cb
 from dc_zoo.digits import TEMPLATE, load_digits_split, write_digits_webdataset
 
-N_IMAGES = 24  # first shard of the digits test split
-SCORING = {"n_samples": [4, 16], "to_keep": [3, 1]}  # DC_ZOO_SCORING for the run and for classify()
+N_IMAGES = 16  # first shard of the digits test split
+SCORING = {"n_samples": [2, 8], "to_keep": [2, 1]}  # DC_ZOO_SCORING for the run and for classify()
 DC_ENTRY, CLIP_ENTRY = "sd-digits-mini", "clip-digits-mini"
 CLIP_BENCHMARK = Path(sys.executable).parent / "clip_benchmark"
 RUN_STOCK_SCRIPT = ("import runpy, site, sys; site.addsitedir(sys.argv[1]); sys.argv = sys.argv[2:];"
@@ -85,10 +85,11 @@ def side_by_side(workdir):
 
 @pytest.fixture(scope="module")
 def engine_accuracy():
-    from dc_zoo import create_model
     from sklearn.metrics import balanced_accuracy_score
 
-    classifier = create_model(DC_ENTRY, scoring=SCORING)
+    from dc_zoo import DiffusionClassifier
+
+    classifier = DiffusionClassifier.from_pretrained(DC_ENTRY, scoring=SCORING)
     images, labels = load_digits_split("test")
     out = classifier.classify(images[:N_IMAGES], list(_classnames()))
     target = torch.tensor(labels[:N_IMAGES])
@@ -125,7 +126,7 @@ def test_diffusion_classifier_accuracy_equals_the_engines_own(side_by_side, engi
     metrics = _result(side_by_side, "diffusion-classifier_zeroshot_classification.json")["metrics"]
     for key, value in engine_accuracy.items():
         assert metrics[key] == pytest.approx(value), key
-    assert metrics["dc_schedule"] == "n_samples=4/16 to_keep=3/1 loss=l2 n_trials=1"
+    assert metrics["dc_schedule"] == "n_samples=2/8 to_keep=2/1 loss=l2 n_trials=1"
     assert metrics["dc_entry"] == DC_ENTRY and metrics["dc_seconds_per_image"] > 0
 
 

@@ -51,10 +51,8 @@ def engine_output(classifier, digits):
 
 def _loader(model, images, labels, batch_size):
     pixels = torch.stack([model.transform(im) for im in images])
-    data = list(zip(pixels, torch.tensor(labels)))
     dataset = torch.utils.data.TensorDataset(pixels, torch.tensor(labels))
-    dataset.classes = list(CLASS_NAMES)
-    assert len(data) == len(dataset)
+    dataset.classes = list(CLASS_NAMES)  # read by clip_benchmark's evaluate()
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
