@@ -89,6 +89,50 @@ def _select(conditions: Any, index: torch.Tensor) -> Any:
     return tree_map(lambda x: x.index_select(0, index) if isinstance(x, torch.Tensor) else x, conditions)
 
 
+def _is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def _evaluate_items(denoise, schedule, x0, noise, conditions, plan_t, img, cand, tpos, trial, *,
+                    loss, batch_size, model_dtype, pad_batches, on_batch) -> torch.Tensor:
+    """Errors of flattened (image, candidate, timestep position, trial) items, in fixed-size batches.
+
+    On a device out-of-memory error the batch size is halved and the batch retried, so a too
+    large ``batch_size`` costs time, never results (per-item errors do not depend on batching).
+    """
+    M = img.numel()
+    errors = torch.empty(M, device=x0.device)
+    start, B = 0, batch_size
+    while start < M:
+        index = torch.arange(start, min(start + B, M), device=x0.device)
+        if pad_batches and index.numel() < B:
+            index = torch.cat([index, index[-1:].expand(B - index.numel())])
+        n_real = min(B, M - start)
+        i, p, r = img[index], tpos[index], trial[index]
+        t = plan_t[p]
+        try:
+            eps = noise[i, p, r]
+            clean = x0[i]
+            x_t = schedule.add_noise(clean, eps, t)
+            if model_dtype is not None:
+                x_t = x_t.to(model_dtype)
+            prediction = denoise(x_t, schedule.model_timestep(t), _select(conditions, cand[index]))
+            batch_errors = per_sample_error(prediction, schedule.target(clean, eps, t), loss)
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not _is_out_of_memory(err) or B == 1:
+                raise
+            B = max(1, B // 2)
+            logger.warning("Out of memory at batch size %d; retrying with %d.", 2 * B, B)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        errors[start : start + n_real] = batch_errors[:n_real]
+        start += n_real
+        if on_batch is not None:
+            on_batch(n_real)
+    return errors
+
+
 @torch.inference_mode()
 def score_candidates(
     denoise: Denoise,
@@ -102,6 +146,7 @@ def score_candidates(
     plan: TimestepPlan | None = None,
     model_dtype: torch.dtype | None = None,
     on_batch: Callable[[int], None] | None = None,
+    pad_batches: bool = False,
 ) -> EngineResult:
     """Run the adaptive stages for ``N`` images against ``C`` candidates.
 
@@ -118,6 +163,8 @@ def score_candidates(
             ``config.n_samples``.
         model_dtype: dtype that ``x_t`` is cast to before the network (errors stay float32).
         on_batch: called with the number of evaluations after each forward pass.
+        pad_batches: pad the last batch of a stage to ``config.batch_size`` (repeating an item
+            and discarding its result) so compiled models / CUDA graphs see one shape.
 
     Returns:
         An ``EngineResult``.
@@ -187,21 +234,10 @@ def score_candidates(
         cand = kept.reshape(N, k, 1, 1).expand(shape).reshape(-1)
         tpos = pos.view(1, 1, P, 1).expand(shape).reshape(-1)
         trial = torch.arange(R, device=device).view(1, 1, 1, R).expand(shape).reshape(-1)
-        M = img.numel()
-        errors = torch.empty(M, device=device)
-        for start in range(0, M, B):
-            sl = slice(start, start + B)
-            i, p, r = img[sl], tpos[sl], trial[sl]
-            t = plan_t[p]
-            eps = noise[i, p, r]
-            clean = x0[i]
-            x_t = schedule.add_noise(clean, eps, t)
-            if model_dtype is not None:
-                x_t = x_t.to(model_dtype)
-            prediction = denoise(x_t, schedule.model_timestep(t), _select(conditions, cand[sl]))
-            errors[sl] = per_sample_error(prediction, schedule.target(clean, eps, t), config.loss)
-            if on_batch is not None:
-                on_batch(int(i.numel()))
+        errors = _evaluate_items(
+            denoise, schedule, x0, noise, conditions, plan_t, img, cand, tpos, trial,
+            loss=config.loss, batch_size=B, model_dtype=model_dtype, pad_batches=pad_batches, on_batch=on_batch,
+        )
         evaluations += k * P * R
         errors = errors.view(shape)
         timestep_errors[rows.view(N, 1, 1), kept.reshape(N, k, 1), pos.view(1, 1, P)] = errors
