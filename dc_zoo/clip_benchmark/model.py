@@ -318,6 +318,10 @@ class DiffusionClassifierForClipBenchmark(nn.Module):
                                "clip_benchmark's pair metrics encode the images of a batch first.")
         pixels, keys = self._pending
         self._pending = None
+        if self.task == IMAGE_CAPTION_SELECTION and len(keys) > 2 and self._pair_batches == 1:
+            logger.warning("Scoring all %d x %d image-caption pairs of each batch: clip_benchmark does not tell the "
+                           "model which captions belong to which image. --batch_size 1 gives the same numbers at "
+                           "a fraction of the cost.", len(keys), len(texts))
         backend = self.backend
         start = time.perf_counter()
         x0 = backend.encode_images(pixels.to(backend.device))
