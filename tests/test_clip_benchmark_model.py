@@ -132,6 +132,29 @@ def test_caption_selection_is_diffusion_itm_at_batch_sizes_1_and_4(metrics_modul
         assert metrics["dc_schedule"].startswith("n_samples=4 to_keep=1")
 
 
+def test_sugarcrepe_style_true_caption_against_hard_negative(metrics_modules, classifier):
+    """One image, its caption and a hard negative (the next digit): text_acc is the engine's choice."""
+    _, image_caption_selection = metrics_modules
+    from clip_benchmark.datasets.builder import image_captions_collate_fn
+
+    images, labels = digits_subset(6)
+    model = DiffusionClassifierForClipBenchmark(classifier, name="tiny-sd")
+    items = [(model.transform(im), [caption(y), caption((y + 1) % 10)]) for im, y in zip(images, labels)]
+    backend = classifier.backend
+    wins = []
+    for pixels, captions in items:
+        conditions = torch.cat([backend.encode_conditions(captions), backend.unconditional()])
+        err = score_candidates(backend.denoise, backend.schedule, backend.encode_images(pixels[None]), conditions,
+                               single_stage(classifier.scoring), sample_keys=[image_key(pixels)],
+                               model_dtype=backend.dtype).candidate_errors[0]
+        wins.append(bool(err[0] < err[1]))
+    for batch_size in (1, 4):
+        loader = torch.utils.data.DataLoader(items, batch_size=batch_size, collate_fn=image_captions_collate_fn)
+        metrics = image_caption_selection.evaluate(model, loader, model.tokenizer, "cpu", amp=True)
+        assert metrics["text_acc"] == pytest.approx(sum(wins) / len(wins)), batch_size
+        assert metrics["image_acc"] == 1.0  # one image per instance: nothing to choose
+
+
 def test_single_batch_retrieval_ranks_pairs_by_normalised_error(classifier):
     register()
     from clip_benchmark.datasets.builder import image_captions_collate_fn
