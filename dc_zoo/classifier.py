@@ -133,6 +133,7 @@ class DiffusionClassifier:
         return score_candidates(
             self.backend.denoise, self.backend.schedule, x0, conditions, scoring,
             sample_keys=sample_keys, noise=noise, model_dtype=self.backend.dtype, on_batch=on_batch,
+            pad_batches=self.backend.static_batch,
         )
 
     def classify(self, images: Any, classes: Sequence[Any] | None = None, *,

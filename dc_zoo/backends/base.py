@@ -43,6 +43,7 @@ class DiffusionBackend(nn.Module, metaclass=ABCMeta):
     schedule: NoiseSchedule
     preprocess: PreprocessConfig
     conditioning: str = "text"
+    static_batch: bool = False  # compiled networks want one batch shape (the engine pads)
 
     @abstractmethod
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,57 @@
+"""Speed levers change speed, not results: channels_last, torch.compile (and its fallback)."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import dc_zoo
+from dc_zoo.acceleration import optimize_backend
+from dc_zoo.noise_schedules import FlowMatchingSchedule
+
+from test_flow_matching_denoiser import TinyFlowDenoiser
+from tiny_models import tiny_sd_backend
+
+SCORING = dc_zoo.ScoringConfig(n_samples=(4, 12), to_keep=(2, 1), batch_size=7)
+
+
+def mlp_backend():
+    torch.manual_seed(0)
+    return dc_zoo.DenoiserBackend(TinyFlowDenoiser().eval(), FlowMatchingSchedule(),
+                                  dc_zoo.PreprocessConfig(size=8, interpolation="nearest"))
+
+
+def classify(backend, images, classes):
+    return dc_zoo.DiffusionClassifier(backend, SCORING).classify(images, classes, sample_keys=range(len(images)))
+
+
+def test_channels_last_gives_the_same_scores():
+    images = torch.rand(2, 3, 16, 16)
+    eager = classify(tiny_sd_backend(seed=3), images, ["a", "b", "c"])
+    fast = classify(optimize_backend(tiny_sd_backend(seed=3), channels_last=True), images, ["a", "b", "c"])
+    assert torch.equal(fast.predictions, eager.predictions)
+    torch.testing.assert_close(fast.candidate_errors, eager.candidate_errors, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_network_gives_the_same_scores_with_padded_batches():
+    images = torch.rand(3, 3, 8, 8)
+    eager = classify(mlp_backend(), images, [0, 1, 2, 3])
+    backend = optimize_backend(mlp_backend(), compile=True)
+    assert backend.static_batch
+    fast = classify(backend, images, [0, 1, 2, 3])
+    assert not backend.model.failed
+    assert torch.equal(fast.predictions, eager.predictions)
+    torch.testing.assert_close(fast.candidate_errors, eager.candidate_errors, rtol=1e-4, atol=1e-5)
+
+
+def test_compiler_failure_falls_back_to_eager(caplog):
+    def broken_compiler(graph_module, example_inputs):
+        raise RuntimeError("this compiler always fails")
+
+    images = torch.rand(2, 3, 8, 8)
+    eager = classify(mlp_backend(), images, [0, 1, 2])
+    backend = optimize_backend(mlp_backend(), compile=True, compile_backend=broken_compiler)
+    with caplog.at_level(logging.WARNING, logger="dc_zoo.acceleration"):
+        out = classify(backend, images, [0, 1, 2])
+    assert backend.model.failed and "continuing in eager mode" in caplog.text
+    torch.testing.assert_close(out.candidate_errors, eager.candidate_errors)
