@@ -134,6 +134,7 @@ def test_torn_last_record_is_detected_and_that_sample_rescored(reference, eval_m
     (["--seed", "1"], "seed", "seed: stored 0, this run 1"),
     (["--loss", "l1"], "loss", "loss: stored 'l2', this run 'l1'"),
     (["--image-batch-size", "4"], "image_batch_size", "image_batch_size: stored 2, this run 4"),
+    (["--channels-last"], "speed_levers", "speed_levers: stored [], this run ['channels_last']"),
 ])
 def test_changed_configuration_is_refused_on_resume(reference, eval_model, digits_root, tmp_path, capsys,
                                                     change, field, message):

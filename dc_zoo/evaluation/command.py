@@ -78,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="samples scored together (one chunk of the store; fixed for a run)")
     run.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: the entry's on GPU, float32 on CPU)")
     run.add_argument("--device", default=None, help="cpu or cuda (default: this rank's GPU when there is one)")
+    run.add_argument("--channels-last", dest="channels_last", action="store_true",
+                     help="NHWC memory format for the UNet (speed; fixed for a run, like the levers below)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the denoising network (eager fallback)")
+    run.add_argument("--tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs for float32 models")
     run.add_argument("--dist-timeout-hours", dest="dist_timeout_hours", type=float, default=24.0,
                      help="how long ranks wait for the slowest one at the end")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -102,7 +106,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         to_keep=tuple(args.to_keep) if args.to_keep else None, loss=args.loss, seed=args.seed,
         n_trials=args.n_trials, batch_size=args.batch_size, image_batch_size=args.image_batch_size,
         templates=args.templates, dtype=args.dtype, device=args.device, limit=args.limit, download=args.download,
-        language=args.language, progress=args.progress, dist_timeout_hours=args.dist_timeout_hours,
+        language=args.language, channels_last=args.channels_last, compile=args.compile, tf32=args.tf32,
+        progress=args.progress, dist_timeout_hours=args.dist_timeout_hours,
     )
 
 

@@ -3,8 +3,9 @@
 Resuming a run under another schedule, seed, prompt set or model revision would average
 incomparable numbers, so every per-sample store carries this identity in its header and a
 mismatch is refused field by field. The batch layout (``batch_size``, ``image_batch_size``)
-is part of it because it changes scores in their last float bits: with it fixed, a resumed or
-re-sharded run reproduces an uninterrupted one bit for bit. What cannot change a result
+and the speed levers (channels_last, torch.compile, TF32) are part of it because they change
+scores in their last float bits: with them fixed, a resumed or re-sharded run reproduces an
+uninterrupted one bit for bit (on the same kind of device and CPU thread count). What cannot change a result
 (world size, device count, the dataset's location on disk) is deliberately left out, so a run
 may resume on other machines with another number of processes.
 """
@@ -42,6 +43,7 @@ class RunIdentity:
     dataset: str
     split: str
     dataset_size: int  # samples in the split (a --limit only evaluates a prefix of them)
+    speed_levers: tuple[str, ...] = ()  # channels_last / compile / tf32: they change float rounding
     store_format: int = STORE_FORMAT
 
     def to_dict(self) -> dict[str, Any]:

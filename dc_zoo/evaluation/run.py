@@ -71,6 +71,9 @@ class EvalConfig:
     limit: int | None = None  # score only the first N samples (rounded up to whole chunks)
     download: bool = False  # let clip_benchmark download a missing torchvision dataset
     language: str = "en"
+    channels_last: bool = False  # speed levers (dc_zoo.acceleration); part of the run identity
+    compile: bool = False
+    tf32: bool = False
     progress: bool = False  # tqdm bars (the CLI turns them on)
     dist_timeout_hours: float = 24.0  # how long ranks wait for the slowest at the end
 
@@ -252,6 +255,11 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
             classifier = create_model(config.model, revision=config.revision, device=ctx.device, dtype=config.dtype,
                                       image_batch_size=B)
         clf = classifier
+        levers = tuple(name for name in ("channels_last", "compile", "tf32") if getattr(config, name))
+        if levers:
+            from ..acceleration import optimize_backend
+
+            optimize_backend(clf.backend, channels_last=config.channels_last, compile=config.compile, tf32=config.tf32)
         candidates, templates = _candidates(clf, dataset, config.templates)
         scoring = _scoring(config, clf)
         _check_schedule(scoring, clf, candidates)
@@ -262,7 +270,7 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
             loss=scoring.loss, n_trials=int(scoring.n_trials), seed=int(scoring.seed),
             batch_size=int(scoring.batch_size), image_batch_size=B, templates=tuple(templates),
             class_names=tuple(dataset.classes), dataset=config.dataset, split=config.split,
-            dataset_size=dataset.size,
+            dataset_size=dataset.size, speed_levers=levers,
         )
         identity = RunIdentity.from_dict(json.loads(json.dumps(identity.to_dict())))  # as a header reads back
     except Exception as err:  # noqa: BLE001 - every failure must reach the other ranks
