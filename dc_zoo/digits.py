@@ -49,8 +49,8 @@ SPLITS = ("train", "test")
 # registry defaults): ScoringConfig keyword arguments, sized so the 360 test images take about a
 # minute on 2 CPU cores. Evaluations per image are in MODEL_CARD.md.
 EVALUATION_SCHEDULES: dict[str, dict] = {
-    "sd-digits-mini": {"n_samples": (5, 25), "to_keep": (2, 1), "loss": "l2", "batch_size": 512},
-    "dit-digits-mini": {"n_samples": (5, 25), "to_keep": (2, 1), "loss": "l2", "batch_size": 512},
+    "sd-digits-mini": {"n_samples": (5, 50), "to_keep": (2, 1), "loss": "l2", "batch_size": 512},
+    "dit-digits-mini": {"n_samples": (5, 50), "to_keep": (2, 1), "loss": "l2", "batch_size": 512},
 }
 _MAX_PIXEL = 16.0  # load_digits pixel values are 0..16
 
