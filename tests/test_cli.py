@@ -105,3 +105,32 @@ def test_help_is_there_for_every_command():
         assert command in text
     classify = parser._subparsers._group_actions[0].choices["classify"].format_help()
     assert "--classes" in classify and "--n-samples" in classify and "examples:" in classify
+
+
+def test_miniatures_are_listed_as_bundled_with_their_measured_accuracy(capsys):
+    names = list_models("*-digits-mini")
+    assert main(["list", "*-digits-mini"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{n}" in out for n in names) and out.count("bundled") == len(names)
+    for name in names:
+        assert main(["info", name]) == 0
+        info = capsys.readouterr().out
+        assert "weights here: bundled" in info and "(measured" in info and "reproduce: python scripts/train_miniatures.py" in info
+    if "clip-digits-mini" in names:
+        assert main(["info", "clip-digits-mini"]) == 0
+        assert "open_clip.create_model_and_transforms('hf-hub:dc-zoo/clip-digits-mini'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", list_models("sd-digits-mini"))
+def test_classify_digit_files_with_the_text_miniature(name, tmp_path, capsys):
+    from dc_zoo.digits import CLASS_NAMES, load_digits_split
+
+    images, labels = load_digits_split("test")
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"digit{i}.png"))
+        images[i].save(paths[-1])
+    assert main(["classify", "--model", name, "--classes", *CLASS_NAMES, *paths, "--json", "--no-progress"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    correct = sum(r["prediction"] == CLASS_NAMES[label] for r, label in zip(results, labels))
+    assert correct >= 2, results

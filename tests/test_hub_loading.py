@@ -13,7 +13,7 @@ import torch
 from dc_zoo import DiffusionClassifier
 from dc_zoo import _hub
 from dc_zoo._factory import create_model, resolve_model
-from dc_zoo._registry import get_entry, register_entry, remove_entry
+from dc_zoo._registry import get_entry, list_models, register_entry, remove_entry
 
 FAST = {"n_samples": (2, 4), "to_keep": (2, 1)}
 CLASSES = ["cat", "dog", "bird"]
@@ -263,3 +263,43 @@ def test_hub_refusals_are_distinct_errors(fake_hub, tmp_path, repo, revision, er
         assert fragment in str(info.value)
     others = {_hub.GatedModelError, _hub.ModelRevisionNotFoundError, _hub.ModelRepoNotFoundError} - {error}
     assert not isinstance(info.value, tuple(others))
+
+
+# --------------------------------------------------------------------------- the bundled miniatures
+DIFFUSION_MINIATURES = list_models("*-digits-mini", family="stable_diffusion") + list_models("*-digits-mini", family="dit")
+
+
+@pytest.fixture(scope="module")
+def first_test_digits():
+    from dc_zoo.digits import load_digits_split
+
+    images, labels = load_digits_split("test")
+    return images[:20], labels[:20]
+
+
+@pytest.mark.parametrize("name", DIFFUSION_MINIATURES)
+def test_miniature_loads_by_name_offline_and_classifies_digits(name, first_test_digits):
+    from dc_zoo.digits import CLASS_NAMES
+
+    clf = create_model(name)
+    entry = clf.entry
+    assert clf.source.source == "bundled" and clf.source.commit == entry.revision and entry.revision_pinned
+    assert _hub.BUNDLED_CACHE in clf.source.path.parents
+    assert (clf.scoring.n_samples, clf.scoring.to_keep) == (entry.n_samples, entry.to_keep)
+    images, labels = first_test_digits
+    out = clf.classify(images, list(CLASS_NAMES) if entry.family == "stable_diffusion" else list(range(10)))
+    assert (out.evaluations == entry.cost["evaluations_per_image"]).all()
+    accuracy = float((out.predictions == torch.tensor(labels)).float().mean())
+    assert accuracy >= 0.8, f"{name}: {accuracy:.2f} on 20 test digits (full split: {entry.accuracy[0]['top1']}%)"
+
+
+@pytest.mark.parametrize("name", list_models("*-digits-mini"))
+def test_miniature_resolves_from_a_hub_cache_in_a_temporary_directory(name, tmp_path):
+    folder = "models--" + get_entry(name).hub_id.replace("/", "--")
+    shutil.copytree(_hub.BUNDLED_CACHE / folder, tmp_path / folder)
+    snapshot = _hub.download_snapshot(get_entry(name).hub_id, "main", cache_dir=tmp_path)
+    assert snapshot.source == "cache" and snapshot.commit == get_entry(name).revision
+    assert tmp_path in snapshot.path.parents
+    if name in DIFFUSION_MINIATURES:
+        resolved = resolve_model(f"hf-hub:{get_entry(name).hub_id}", cache_dir=tmp_path)
+        assert resolved.entry.name == name and resolved.snapshot.path == snapshot.path

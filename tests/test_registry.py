@@ -18,7 +18,7 @@ from dc_zoo.candidates import format_template
 from dc_zoo.timestep_plan import TimestepPlan, validate_stages
 
 REQUIRED = ["sd-1-1", "sd-1-2", "sd-1-3", "sd-1-4", "sd-1-5", "sd-2-base", "sd-2-1-base", "sd-2-1",
-            "dit-xl-2-256", "dit-xl-2-512"]
+            "dit-xl-2-256", "dit-xl-2-512", "sd-digits-mini", "dit-digits-mini", "clip-digits-mini"]
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -202,3 +202,14 @@ def test_model_card_describes_every_entry(name):
     card = (Path(__file__).resolve().parents[1] / "MODEL_CARD.md").read_text(encoding="utf-8")
     headings = [line for line in card.splitlines() if line.startswith("#")]
     assert any(re.search(rf"\b{re.escape(name)}\b", h) for h in headings), f"MODEL_CARD.md has no section for {name}"
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if get_entry(n).hub_id.startswith("dc-zoo/")])
+def test_bundled_entries_pin_the_bundled_snapshot(name):
+    from dc_zoo._hub import BUNDLED_CACHE
+
+    entry = get_entry(name)
+    storage = BUNDLED_CACHE / ("models--" + entry.hub_id.replace("/", "--"))
+    assert (storage / "refs" / "main").read_text().strip() == entry.revision
+    assert (storage / "snapshots" / entry.revision).is_dir() and entry.revision_pinned
+    assert any(a["kind"] == "measured" and a.get("command") for a in entry.accuracy)

@@ -79,3 +79,19 @@ def test_timm_forward_rejects_the_wrong_input_size(tiny_timm_model):
         model(torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match="no trainable head"):
         model.reset_classifier(5)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models("*-digits-mini", family="dit")])
+def test_dit_miniature_through_timm_classifies_digits_like_the_engine(name):
+    from dc_zoo.digits import load_digits_split
+
+    model = timm.create_model(timm_zoo.timm_name(name), pretrained=True)
+    assert model.pretrained_cfg["hf_hub_id"] == get_entry(name).hub_id and model.classifier.source.source == "bundled"
+    images, labels = load_digits_split("test")
+    images, labels = images[:12], labels[:12]
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    with torch.no_grad():
+        logits = model(torch.stack([transform(image) for image in images]))
+    engine = model.classifier.classify(images, list(range(10)))
+    assert logits.shape == (12, 10) and torch.equal(logits.argmax(dim=1), engine.predictions)
+    assert float((engine.predictions == torch.tensor(labels)).float().mean()) >= 0.75
