@@ -1,9 +1,9 @@
-"""Shared pieces of the ``dc-zoo eval`` tests: the digits WebDataset, the model, and a runner.
+"""Shared pieces of the ``dc-zoo eval`` tests: the digits WebDataset, the miniatures, a runner.
 
-Every compared run uses the same small, cheap configuration (24 test digits in chunks of 2,
-stages 2/4 keeping 3/1) and one CPU thread per process: the thread count changes float
-reduction order, so bit-identical comparisons need it fixed (torchrun sets OMP_NUM_THREADS=1
-for multi-process runs anyway).
+Every compared run scores the same 24 test digits, in chunks of 2, with the miniature's own
+registry schedule, on one CPU thread per process: the thread count changes float reduction
+order, so bit-identical comparisons need it fixed (torchrun sets OMP_NUM_THREADS=1 for
+multi-process runs anyway).
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 LIMIT = 24
-SCHEDULE = ["--n-samples", "2", "4", "--to-keep", "3", "1", "--image-batch-size", "2", "--batch-size", "16",
-            "--limit", str(LIMIT)]
+SCHEDULE = ["--image-batch-size", "2", "--limit", str(LIMIT)]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
@@ -29,75 +28,16 @@ def digits_root(tmp_path_factory) -> Path:
     return write_digits_webdataset(tmp_path_factory.mktemp("digits-wds"), "test")
 
 
-def save_tiny_sd_pipeline(folder: Path) -> Path:
-    """A 16 px StableDiffusionPipeline with random tiny networks and the real CLIP tokenizer."""
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from dc_zoo.clip_tokenizer import build_clip_tokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4,
-    )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
-    )
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
-        max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    ))
-    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              num_train_timesteps=1000, steps_offset=1, clip_sample=False)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder,
-                                   tokenizer=build_clip_tokenizer(folder.with_name(folder.name + "-tokenizer")),
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
-def save_tiny_dit_pipeline(folder: Path) -> Path:
-    """A 16 px DiTPipeline over the ten digit classes, with the id2label table DiT repos ship."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
-
-    from dc_zoo.digits import CLASS_NAMES
-
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1,
-        sample_size=8, patch_size=2, num_embeds_ada_norm=len(CLASS_NAMES), norm_type="ada_norm_zero",
-    )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
-    )
-    scheduler = DDIMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000)
-    DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
-    index = json.loads((folder / "model_index.json").read_text())
-    index["id2label"] = {str(k): v for k, v in enumerate(CLASS_NAMES)}
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-    return folder
+@pytest.fixture(scope="session")
+def eval_model() -> str:
+    """The digits miniature (text-conditional) by its zoo name, as users run it."""
+    return "sd-digits-mini"
 
 
 @pytest.fixture(scope="session")
-def eval_model(tmp_path_factory) -> str:
-    """The model every eval test scores with, by the name ``dc-zoo eval --model`` takes."""
-    return str(save_tiny_sd_pipeline(tmp_path_factory.mktemp("eval-model") / "tiny-sd"))
-
-
-@pytest.fixture(scope="session")
-def eval_dit_model(tmp_path_factory) -> str:
-    """A class-conditional model (integer labels, no prompts) for the eval tests."""
-    return str(save_tiny_dit_pipeline(tmp_path_factory.mktemp("eval-dit") / "tiny-dit"))
+def eval_dit_model() -> str:
+    """The class-conditional digits miniature (integer labels, no prompts)."""
+    return "dit-digits-mini"
 
 
 def subprocess_env() -> dict[str, str]:

@@ -19,6 +19,10 @@ from _eval_fixtures import (LIMIT, digits_root, eval_args, eval_dit_model, eval_
                             read_results, result_files, run_eval, start_eval)
 
 
+# clip_benchmark's WebDataset reader leaves shardshuffle unset; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:WebDataset\\(shardshuffle")
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, eval_model, digits_root) -> Path:
     """One uninterrupted single-process run."""
@@ -40,6 +44,7 @@ def test_reference_run_writes_clip_benchmark_results(reference):
     assert all(len(s["errors"]) == 10 and s["evaluations"] == results["evaluations_per_image"] for s in samples)
     correct = sum(s["prediction"] == s["label"] for s in samples)
     assert results["metrics"]["acc1"] == pytest.approx(correct / LIMIT)
+    assert results["metrics"]["acc1"] >= 0.75  # the trained miniature reads digits (98% on the whole split)
     assert results["images"] == LIMIT and results["failed_images"] == 0
 
 
@@ -162,7 +167,8 @@ def test_class_conditional_model_scores_labels_not_prompts(eval_dit_model, digit
     assert header["identity"]["templates"] == [] and results["templates"] == []
     assert header["identity"]["class_names"][3] == "three"
     assert [s["index"] for s in samples] == [0, 1, 2, 3]
-    assert all(len(s["errors"]) == 10 and s["evaluations"] == 26 for s in samples)
+    assert all(len(s["errors"]) == 10 and s["evaluations"] == results["evaluations_per_image"] for s in samples)
+    assert sum(s["prediction"] == s["label"] for s in samples) >= 3
 
 
 def test_a_longer_limit_reuses_the_shorter_run(reference, eval_model, digits_root, tmp_path, caplog):
