@@ -242,6 +242,9 @@ def run_classify(args: argparse.Namespace) -> int:
         n_samples=_integers(args.n_samples, "--n-samples"), to_keep=_integers(args.to_keep, "--to-keep"),
         loss=args.loss, seed=args.seed, batch_size=args.batch_size, n_trials=args.n_trials).items() if v is not None}
     images = _load_images(paths)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the classification bar is the one that matters here
     classifier = create_model(args.model, revision=args.revision, device=args.device, dtype=args.dtype,
                               scoring=overrides, allow_pickle=args.allow_pickle)
     entry = classifier.entry
@@ -262,9 +265,13 @@ def run_classify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": entry.name, "source": classifier.source.describe(), "results": results}, indent=2))
         return 0
-    print(f"model {entry.name} from {classifier.source.describe()}; score = mean denoising error (lower is better)")
+    print(f"model {entry.name} from {classifier.source.describe()}")
+    print("score = mean denoising error, lower is better; a class dropped after an earlier stage ranks below the "
+          "survivors whatever its error")
+    last = len(classifier.scoring.n_samples) - 1
     for r in results:
-        ranking = ", ".join(f"{t['class']} {t['error']:.4f}" for t in r["top"])
+        ranking = ", ".join(f"{t['class']} {t['error']:.4f}" + (f" (dropped after stage {t['stage'] + 1})"
+                                                               if t["stage"] < last else "") for t in r["top"])
         print(f"{r['image']}: {r['prediction']}  [{ranking}]  ({r['evaluations']} evaluations)")
     return 0
 

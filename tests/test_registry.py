@@ -15,6 +15,7 @@ from dc_zoo._registry import (
 )
 from dc_zoo.backends import resolve_dtype
 from dc_zoo.candidates import format_template
+from dc_zoo.digits import EVALUATION_SCHEDULES
 from dc_zoo.timestep_plan import TimestepPlan, validate_stages
 
 REQUIRED = ["sd-1-1", "sd-1-2", "sd-1-3", "sd-1-4", "sd-1-5", "sd-2-base", "sd-2-1-base", "sd-2-1",
@@ -213,3 +214,15 @@ def test_bundled_entries_pin_the_bundled_snapshot(name):
     assert (storage / "refs" / "main").read_text().strip() == entry.revision
     assert (storage / "snapshots" / entry.revision).is_dir() and entry.revision_pinned
     assert any(a["kind"] == "measured" and a.get("command") for a in entry.accuracy)
+
+
+@pytest.mark.parametrize("name", sorted(EVALUATION_SCHEDULES))
+def test_miniature_entries_use_the_schedule_their_accuracy_was_measured_with(name):
+    from dc_zoo.digits import TEMPLATE
+
+    measured = EVALUATION_SCHEDULES[name]
+    entry = get_entry(name)
+    assert (entry.n_samples, entry.to_keep, entry.loss) == (tuple(measured["n_samples"]), tuple(measured["to_keep"]),
+                                                            measured["loss"])
+    assert entry.schedule.get("batch_size") == measured.get("batch_size")
+    assert entry.template in (TEMPLATE, None)
