@@ -39,6 +39,9 @@ def _records(store: Path) -> list[dict]:
 def test_reference_run_writes_clip_benchmark_results(reference):
     results, samples = read_results(reference)
     assert results["task"] == "zeroshot_classification" and results["dataset"] == "wds/digits"
+    # the names `clip_benchmark eval --model diffusion-classifier --pretrained sd-digits-mini` uses
+    assert (results["model"], results["pretrained"]) == ("diffusion-classifier", "sd-digits-mini")
+    assert result_files(reference)[0].name == "digits_sd-digits-mini_diffusion-classifier_en_zeroshot_classification.json"
     assert set(results["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
     assert [s["index"] for s in samples] == list(range(LIMIT))
     assert all(len(s["errors"]) == 10 and s["evaluations"] == results["evaluations_per_image"] for s in samples)

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..candidates import CandidateSet
 from ..classifier import DiffusionClassifier
+from ..clip_benchmark.registration import MODEL_NAME as CLIP_BENCHMARK_MODEL
 from ..config import ScoringConfig
 from ..engine import NonFiniteScoreError
 from ..preprocess import to_pixels
@@ -279,9 +280,11 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
 
     local_path = model_name.replace("local-dir:", "", 1)
     model_slug = _slug(Path(local_path).name if Path(local_path).is_dir() else model_name)
-    # clip_benchmark's own file naming: {dataset}_{pretrained}_{model}_{language}_{task}
-    stem = "_".join([_slug(config.dataset.replace("wds/", "", 1)), _slug(revision or "local")[:12], model_slug,
-                     config.language, TASK])
+    # clip_benchmark's names and file naming ({dataset}_{pretrained}_{model}_{language}_{task}), as
+    # `clip_benchmark eval --model diffusion-classifier --pretrained <entry>` writes them, so the
+    # two ways of evaluating an entry land on the same row of `clip_benchmark build`.
+    stem = "_".join([_slug(config.dataset.replace("wds/", "", 1)), model_slug, CLIP_BENCHMARK_MODEL, config.language,
+                     TASK])
     run_dir = output / stem
     store = ResultStore(run_dir / "store", identity)
     results_file, samples_file = output / f"{stem}.json", run_dir / "samples.jsonl"
@@ -359,8 +362,8 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
                                 separators=(",", ":"))
             _write_atomic(samples_file, header + "\n" + "".join(r.to_json() + "\n" for r in records))
             dump = {
-                "dataset": config.dataset, "model": model_name, "pretrained": revision or "local",
-                "task": TASK, "metrics": metrics, "language": config.language, "model_type": "dc_zoo",
+                "dataset": config.dataset, "model": CLIP_BENCHMARK_MODEL, "pretrained": model_name,
+                "task": TASK, "metrics": metrics, "language": config.language, "revision": revision or "local",
                 "split": config.split, "n_samples_schedule": ",".join(map(str, scoring.n_samples)),
                 "to_keep": ",".join(map(str, scoring.to_keep)), "loss": scoring.loss, "seed": scoring.seed,
                 "n_trials": scoring.n_trials, "templates": list(templates), "images": summary["n_samples"],
