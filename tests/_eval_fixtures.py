@@ -51,13 +51,12 @@ def eval_args(model: str, root: Path, output: Path, *extra: str) -> list[str]:
             *SCHEDULE, "--no-progress", *extra]
 
 
-def run_eval(args: list[str], nproc: int = 1, port: int = 29641, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_eval(args: list[str], nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m dc_zoo.evaluation ARGS`` alone, or under ``torchrun --nproc-per-node NPROC``."""
     if nproc == 1:
         cmd = [sys.executable, "-m", "dc_zoo.evaluation", *args]
-    else:
-        cmd = [TORCHRUN, f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1", f"--master-port={port}",
-               "-m", "dc_zoo.evaluation", *args]
+    else:  # --standalone: a local rendezvous on a free port (tests may run side by side)
+        cmd = [TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", "-m", "dc_zoo.evaluation", *args]
     return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 

@@ -6,6 +6,7 @@ record) must produce the same per-sample records and metrics, bit for bit.
 """
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -59,14 +60,12 @@ def test_clip_benchmark_build_merges_the_result(reference, tmp_path):
         output = str(tmp_path / "benchmark.csv")
 
     main_build(Args)
-    import csv
-
     (row,) = list(csv.DictReader(open(Args.output)))
     assert row["dataset"] == "wds/digits" and float(row["acc1"]) == read_results(reference)[0]["metrics"]["acc1"]
 
 
 def test_two_torchrun_ranks_match_one_process(reference, eval_model, digits_root, tmp_path):
-    proc = run_eval(eval_args(eval_model, digits_root, tmp_path), nproc=2, port=29651)
+    proc = run_eval(eval_args(eval_model, digits_root, tmp_path), nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, ref_samples, _ = result_files(reference)
     results, samples, store = result_files(tmp_path)
@@ -79,7 +78,7 @@ def test_two_torchrun_ranks_match_one_process(reference, eval_model, digits_root
 
 def test_world_size_larger_than_dataset_is_refused_on_every_rank(eval_model, digits_root, tmp_path):
     args = eval_args(eval_model, digits_root, tmp_path) + ["--limit", "1", "--image-batch-size", "1"]
-    proc = run_eval(args, nproc=2, port=29653, timeout=120)
+    proc = run_eval(args, nproc=2, timeout=120)
     assert proc.returncode != 0
     assert "World size 2 is larger than the 1 samples" in proc.stderr
     assert not list(tmp_path.glob("*.json"))
