@@ -19,7 +19,7 @@ from .result_store import SampleRecord
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RankProgress", "OverallProgress"]
+__all__ = ["RankProgress", "OverallProgress", "file_sizes"]
 
 
 def _refresh_interval() -> float:
@@ -40,6 +40,11 @@ class _Tally:
         if not self.done:
             return {}
         return {"acc": f"{100.0 * self.correct / self.done:.1f}%", "evals/img": f"{self.evaluations / self.done:.0f}"}
+
+
+def file_sizes(directory: Path) -> dict[Path, int]:
+    """Where each rank file ends now: the point after which records are this session's."""
+    return {p: p.stat().st_size for p in Path(directory).glob("rank-*.jsonl")}
 
 
 class RankProgress:
@@ -74,13 +79,15 @@ class OverallProgress:
         directory: the store directory holding ``rank-*.jsonl``.
         total: samples the whole job scores in this session.
         resumed: samples already in the store when the session began (shown, not re-counted).
+        offsets: each file's size when the session began (default: now); later bytes are new.
     """
 
-    def __init__(self, directory: Path, total: int, resumed: int, enabled: bool = True, interval: float = 2.0):
+    def __init__(self, directory: Path, total: int, resumed: int, enabled: bool = True, interval: float = 2.0,
+                 offsets: dict[Path, int] | None = None):
         self.directory = Path(directory)
         self.total = total
         self.tally = _Tally()
-        self._offsets = {p: p.stat().st_size for p in self.directory.glob("rank-*.jsonl")}
+        self._offsets = dict(offsets) if offsets is not None else file_sizes(self.directory)
         self._stop = threading.Event()
         self.bar = None
         self._thread = None

@@ -38,7 +38,7 @@ from .benchmark_datasets import BenchmarkDataset, load_benchmark_dataset
 from .distributed import DistributedContext, init_distributed, shard
 from .identity import RunIdentity
 from .metrics import classification_metrics, cost_summary
-from .progress import OverallProgress, RankProgress
+from .progress import OverallProgress, RankProgress, file_sizes
 from .prompts import resolve_prompts
 from .result_store import ResultStore, SampleRecord, chunk_bounds, complete_chunks, fsync_directory, num_chunks
 
@@ -291,11 +291,13 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
 
     # ---------------------------------------------------------------- rank 0 opens the store
     finished: list[int] = []
+    session_start: dict[Path, int] = {}
     error = None
     if ctx.is_main:
         try:
             store.directory.mkdir(parents=True, exist_ok=True)
             finished = sorted(store.open_and_repair())
+            session_start = file_sizes(store.directory)  # before any rank appends
         except Exception as err:  # noqa: BLE001
             error = err
     ctx.raise_if_any_failed(error)
@@ -316,7 +318,7 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
 
     # ---------------------------------------------------------------- score this rank's chunks
     rank_bar = RankProgress(ctx.rank, ctx.world_size, ctx.local_rank, len(my_indices), enabled=config.progress)
-    overall = (OverallProgress(store.directory, all_todo, resumed, enabled=config.progress)
+    overall = (OverallProgress(store.directory, all_todo, resumed, enabled=config.progress, offsets=session_start)
                if ctx.is_main and ctx.is_distributed else None)
     started = time.perf_counter()
     try:
