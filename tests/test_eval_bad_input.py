@@ -63,6 +63,14 @@ def test_incomplete_dataset_root_names_the_missing_shards(eval_model, digits_roo
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_webdataset_without_templates_is_reported(eval_model, digits_root, tmp_path, capsys):
+    root = tmp_path / "digits"
+    shutil.copytree(digits_root, root)
+    (root / "zeroshot_classification_templates.txt").unlink()
+    err = _fails(eval_args(eval_model, root, tmp_path / "out"), capsys)
+    assert "has no zeroshot_classification_templates.txt" in err and "'{c}' for the class" in err
+
+
 def test_wrong_split_is_reported_with_the_layout(eval_model, digits_root, tmp_path, capsys):
     err = _fails(eval_args(eval_model, digits_root, tmp_path / "out") + ["--split", "validation"], capsys)
     assert "no validation/nshards.txt" in err

@@ -31,7 +31,7 @@ WDS_LAYOUT = """\
   <root>/<split>/nshards.txt      number of shards N
   <root>/<split>/0.tar ... N-1.tar  samples: <key>.png|.jpg|.webp image and <key>.cls label
   <root>/classnames.txt           one class name per line
-  <root>/zeroshot_classification_templates.txt   (optional) one template per line, '{c}' for the class
+  <root>/zeroshot_classification_templates.txt   one template per line, '{c}' for the class
 (clip_benchmark_export_wds or dc_zoo.digits.write_digits_webdataset write this layout)"""
 
 
@@ -103,8 +103,9 @@ def _wds_shards(root: Path, split: str) -> list[Path]:
             f"Dataset root {root} is incomplete: nshards.txt says {n} shards but {missing[:3]} "
             f"{'(and more) ' if len(missing) > 3 else ''}are missing. Expected:\n{WDS_LAYOUT}"
         )
-    if not (root / "classnames.txt").is_file():
-        raise FileNotFoundError(f"Dataset root {root} has no classnames.txt (class names are needed). Expected:\n{WDS_LAYOUT}")
+    for required in ("classnames.txt", "zeroshot_classification_templates.txt"):  # clip_benchmark needs both
+        if not (root / required).is_file():
+            raise FileNotFoundError(f"Dataset root {root} has no {required}. Expected:\n{WDS_LAYOUT}")
     return [split_dir / f"{i}.tar" for i in range(n)]
 
 
