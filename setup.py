@@ -4,7 +4,26 @@ The registry entries live in the top-level ``registry/`` folder (data, not code)
 installed as the ``dc_zoo.registry_data`` package so that code finds them the same way in an
 editable checkout and in a wheel.
 """
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# Makes the stock `clip_benchmark` command know Diffusion Classifier (dc_zoo/clip_benchmark/registration.py).
+CLIP_BENCHMARK_HOOK = os.path.join("dc_zoo", "clip_benchmark", "dc_zoo_clip_benchmark.pth")
+
+
+class build_py_with_clip_benchmark_hook(build_py):
+    """Also place the .pth import hook at the root of the wheel, i.e. of site-packages."""
+
+    def run(self):
+        super().run()
+        self.copy_file(CLIP_BENCHMARK_HOOK, os.path.join(self.build_lib, os.path.basename(CLIP_BENCHMARK_HOOK)),
+                       preserve_mode=0)
+
+    def get_outputs(self, include_bytecode=1):
+        return [*super().get_outputs(include_bytecode),
+                os.path.join(self.build_lib, os.path.basename(CLIP_BENCHMARK_HOOK))]
 
 setup(
     name="dc_zoo",
@@ -16,7 +35,7 @@ setup(
     packages=find_packages(include=["dc_zoo", "dc_zoo.*"]) + ["dc_zoo.registry_data"],
     package_dir={"dc_zoo.registry_data": "registry"},
     package_data={
-        "dc_zoo": ["py.typed", "hub_cache/**/*"],
+        "dc_zoo": ["py.typed", "hub_cache/**/*", "clip_benchmark/*.pth"],
         "dc_zoo.registry_data": ["*.json"],
     },
     include_package_data=True,
@@ -43,4 +62,5 @@ setup(
         "winoground": ["datasets>=2.14"],
     },
     entry_points={"console_scripts": ["dc-zoo=dc_zoo.cli:main"]},
+    cmdclass={"build_py": build_py_with_clip_benchmark_hook},
 )

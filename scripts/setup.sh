@@ -13,3 +13,6 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.14.1}" "torchvision==${TORCHVISION_VERSION:-0.29.1}"
 fi
 .venv/bin/python -m pip install -q -e '.[test]'
+# Editable installs do not carry the .pth that teaches the stock clip_benchmark command about
+# Diffusion Classifier; place it (idempotent).
+.venv/bin/python -m dc_zoo.clip_benchmark install-hook
