@@ -13,6 +13,11 @@ the TRAIN split of scikit-learn's digits (``dc_zoo.digits``) and commits them:
 * ``clip-digits-mini``: an open_clip CLIP (tiny ViT + text transformer, open_clip's tokenizer)
   trained contrastively on the same captions, in open_clip's Hub layout.
 
+Deliberate differences from the full-size models: SD's tokenizer and text encoder use 16 tokens
+(not 77; the digit captions take 12) because cross-attention cost scales with it; DiTPipeline's
+classifier-free guidance hard-codes ImageNet's null label 1000, so sample the DiT miniature with
+``guidance_scale=1`` (Diffusion Classifier itself never uses guidance).
+
 Weights are stored as float16 safetensors (configs stay float32, so loaders build float32
 models and upcast). Each model lands in ``<out>/models--dc-zoo--<name>/snapshots/<revision>/``
 with ``refs/main`` naming the revision: sha1 of the sorted (path, sha256) of the files.
@@ -22,6 +27,7 @@ Usage::
     python scripts/train_miniatures.py                 # all three into dc_zoo/hub_cache
     python scripts/train_miniatures.py --only sd dit   # a subset
     python scripts/train_miniatures.py --evaluate      # held-out accuracy of the cached models
+                                                       # (dc_zoo.digits.EVALUATION_SCHEDULES)
 
 Training is seeded (explicit generators for data, timesteps and noise) and runs on ``--threads``
 CPU threads (default 1: no reduction-order races, and the fastest choice on a shared machine).
