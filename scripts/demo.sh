@@ -20,6 +20,11 @@ import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 cols = ["model_fullname", "acc1", "acc5", "mean_per_class_recall", "dc_evaluations_per_image", "dc_seconds_per_image"]
 print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+def cell(value):
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
 for r in rows:
-    print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    print("| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |")
 PY

@@ -37,7 +37,14 @@ class DiTBackend(DiffusionBackend):
 
     @classmethod
     def from_pipeline(cls, pipe, preprocess: PreprocessConfig | None = None) -> "DiTBackend":
-        return cls(pipe.transformer, pipe.vae, pipe.scheduler, getattr(pipe, "id2label", None), preprocess)
+        """From a loaded ``DiTPipeline``; it keeps only ``labels`` (name -> id), so invert that."""
+        id2label = getattr(pipe, "id2label", None)
+        if id2label is None and getattr(pipe, "labels", None):
+            grouped: dict[int, list[str]] = {}
+            for name, label in pipe.labels.items():
+                grouped.setdefault(int(label), []).append(name)
+            id2label = {k: ", ".join(v) for k, v in grouped.items()}
+        return cls(pipe.transformer, pipe.vae, pipe.scheduler, id2label, preprocess)
 
     def label_names(self) -> dict[int, str] | None:
         return self.id2label or None
