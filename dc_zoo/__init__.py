@@ -12,10 +12,14 @@ from .noise import sample_noise
 from .noise_schedules import DiscreteDiffusionSchedule, FlowMatchingSchedule, schedule_from_scheduler
 from .outputs import ClassificationOutput
 from .timestep_plan import TimestepPlan
+from ._factory import create_model
+from ._registry import get_entry, list_models
+from . import timm_zoo  # registers the class-conditional entries as timm models
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "create_model", "list_models", "get_entry",
     "DiffusionClassifier", "ClassificationOutput", "ScoringConfig", "PreprocessConfig",
     "TimestepPlan", "CandidateSet", "score_candidates", "EngineResult", "NonFiniteScoreError",
     "sample_noise", "DiscreteDiffusionSchedule", "FlowMatchingSchedule", "schedule_from_scheduler",

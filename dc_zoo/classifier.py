@@ -46,6 +46,7 @@ class DiffusionClassifier:
         self.image_batch_size = int(image_batch_size)
         self._condition_cache: dict[tuple, Any] = {}
         self.entry: Any = None  # set by the factory for zoo models
+        self.source: Any = None  # set by the factory: the resolved snapshot (repo, revision, commit, path)
 
     # ------------------------------------------------------------------ construction
     @classmethod
