@@ -38,9 +38,10 @@ def ranking_logits(errors: torch.Tensor, stage_reached: torch.Tensor) -> torch.T
     """A score whose order is the engine's order: later stage first, then lower error.
 
     ``stage + 1 / (1 + error)`` lies in ``(stage, stage + 1]`` for non-negative errors, so
-    argmax is the prediction and top-k respects the adaptive pruning.
+    argmax is the prediction and top-k respects the adaptive pruning. Computed in float64:
+    in float32, two finalists whose errors differ in the last bit would tie.
     """
-    return stage_reached.to(torch.float32) + 1.0 / (1.0 + errors.clamp_min(0).to(torch.float32))
+    return stage_reached.to(torch.float64) + 1.0 / (1.0 + errors.clamp_min(0).to(torch.float64))
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class CandidateSet:
         logits = ranking_logits(candidate_errors, stage_reached)  # [N, C]
         index = torch.tensor(self.class_index, device=logits.device)
         N, K = logits.shape[0], self.num_classes
-        best_logit = torch.full((N, K), float("-inf"), device=logits.device)
+        best_logit = torch.full((N, K), float("-inf"), device=logits.device, dtype=logits.dtype)
         best_logit = best_logit.scatter_reduce(1, index.expand(N, -1), logits, reduce="amax")
         is_best = logits == best_logit.gather(1, index.expand(N, -1))
         cand = torch.arange(len(self), device=logits.device).expand(N, -1)

@@ -6,6 +6,7 @@ Composes the three layers: the backend (networks from diffusers or your own), th
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from typing import Any, Hashable, Mapping, Sequence
 
@@ -95,8 +96,12 @@ class DiffusionClassifier:
         if not classes:
             raise ValueError("The class list is empty; give at least two class labels or names.")
         names = self.backend.label_names() or {}
-        if all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
-            return CandidateSet.from_labels(classes, [names.get(c, str(c)) for c in classes])
+        classes = [int(c) if _is_integer_label(c) else c for c in classes]
+        if all(isinstance(c, int) for c in classes):
+            shown = [names.get(c, str(c)) for c in classes]
+            # ImageNet names repeat (134 and 517 are both "crane"): keep them apart by label.
+            shown = [n if shown.count(n) == 1 else f"{n} ({c})" for n, c in zip(shown, classes)]
+            return CandidateSet.from_labels(classes, shown)
         lookup: dict[str, int] = {}
         for label, name in names.items():
             for alias in str(name).split(","):
@@ -116,8 +121,8 @@ class DiffusionClassifier:
         return CandidateSet.from_labels(labels, [str(c) for c in classes])
 
     def encode_candidates(self, candidates: CandidateSet) -> Any:
-        """Conditioning for a candidate set, computed once per distinct set and cached."""
-        key = tuple(candidates.conditions)
+        """Conditioning for a candidate set, computed once per distinct set, device and dtype."""
+        key = (tuple(candidates.conditions), self.backend.device, self.backend.dtype)
         if key not in self._condition_cache:
             self._condition_cache.clear()
             self._condition_cache[key] = self.backend.encode_conditions(list(candidates.conditions))
@@ -229,6 +234,15 @@ class DiffusionClassifier:
     def __repr__(self) -> str:
         return (f"DiffusionClassifier(backend={type(self.backend).__name__}, scoring={self.scoring}, "
                 f"preprocess={self.preprocess})")
+
+
+def _is_integer_label(value: Any) -> bool:
+    """Python/numpy integers and 0-d integer tensors are labels; bools and strings are not."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, torch.Tensor):
+        return value.ndim == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    return isinstance(value, numbers.Integral)
 
 
 def _concat(outputs: list[ClassificationOutput]) -> ClassificationOutput:

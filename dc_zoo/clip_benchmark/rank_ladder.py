@@ -61,17 +61,17 @@ def encode_ranks(scores: torch.Tensor, dim: int | None = -1, top_exponent: int =
     Returns:
         float32 tensor of ``scores.shape``; ties are broken by position (stable sort).
     """
-    scores = scores.detach().to(torch.float32).cpu()
+    scores = scores.detach().to(torch.float64).cpu()  # float64 keeps ranking logits' last-bit differences
     if dim is None:
         flat = scores.reshape(-1)
         order = torch.sort(flat, descending=True, stable=True).indices
-        out = torch.empty_like(flat)
+        out = torch.empty(flat.shape, dtype=torch.float32)
         out[order] = ladder(flat.numel(), top_exponent)
         return out.view(scores.shape)
     moved = scores.movedim(dim, -1)
     order = torch.sort(moved, dim=-1, descending=True, stable=True).indices
     values = ladder(moved.shape[-1], top_exponent).expand_as(moved).contiguous()
-    out = torch.empty_like(moved).scatter_(-1, order, values)
+    out = torch.empty(moved.shape, dtype=torch.float32).scatter_(-1, order, values)
     return out.movedim(-1, dim)
 
 

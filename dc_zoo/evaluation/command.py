@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     how.add_argument("--to-keep", "--to_keep", dest="to_keep", type=int, nargs="+", default=None,
                      help="candidates kept after each stage, e.g. 5 1")
     how.add_argument("--loss", choices=LOSSES, default=None)
-    how.add_argument("--seed", type=int, default=None, help="noise seed (noise depends on seed and sample index)")
+    how.add_argument("--seed", type=int, default=None, help="noise seed (noise depends only on the seed and the image content)")
     how.add_argument("--n-trials", "--n_trials", dest="n_trials", type=int, default=None, help="eps draws per timestep")
     how.add_argument("--templates", default="entry",
                      help="prompt templates: 'entry' (the model's, default), 'clip_benchmark' (the dataset's "

@@ -4,7 +4,7 @@ The launcher sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and 
 (torchrun, ``accelerate launch`` and ``torchrun`` inside ``srun`` alike). Ranks never exchange
 scores: each writes its own result file and rank 0 merges them, so the collectives here carry
 only small control messages (the list of finished samples, "did any rank fail?"), through gloo
-on CPU and NCCL on GPU. Because noise depends only on (seed, sample index) and the chunks of
+on CPU and NCCL on GPU. Because noise depends only on (seed, image content) and the chunks of
 samples scored together are fixed by the run identity, any sharding gives the same numbers.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["RunIdentity", "IdentityMismatchError", "STORE_FORMAT"]
 
-STORE_FORMAT = 1  # bump when the record layout changes; old stores are then refused
+STORE_FORMAT = 2  # 2: noise keyed by image content, as classify(); bump when the record layout changes; old stores are then refused
 
 
 class IdentityMismatchError(ValueError):
@@ -35,7 +35,7 @@ class RunIdentity:
     to_keep: tuple[int, ...]  # candidates kept after each stage
     loss: str
     n_trials: int
-    seed: int  # with each sample's dataset index, fixes its noise
+    seed: int  # with each image's content hash (its sample key), fixes its noise
     batch_size: int  # network evaluations per forward pass
     image_batch_size: int  # consecutive dataset samples scored together (one chunk)
     templates: tuple[str, ...]  # the prompt templates (or class-specific prompts) actually used

@@ -32,6 +32,7 @@ from ..classifier import DiffusionClassifier
 from ..clip_benchmark.registration import MODEL_NAME as CLIP_BENCHMARK_MODEL
 from ..config import ScoringConfig
 from ..engine import NonFiniteScoreError
+from ..noise import image_key
 from ..preprocess import to_pixels
 from ..timestep_plan import validate_stages
 from .benchmark_datasets import BenchmarkDataset, load_benchmark_dataset
@@ -175,7 +176,7 @@ def _score_chunk(clf: DiffusionClassifier, candidates: CandidateSet, scoring: Sc
                  items: Sequence[tuple[int, Any, int]]) -> list[SampleRecord]:
     """Score one chunk; an image whose network output is non-finite gets a failed record, not a crash."""
     pixels = to_pixels([image for _, image, _ in items], clf.preprocess)
-    keys = [index for index, _, _ in items]
+    keys = [image_key(p) for p in pixels]  # the same noise identity as classify() and clip_benchmark
     try:
         result = clf.score_pixels(pixels, candidates, keys, scoring)
     except NonFiniteScoreError as err:
