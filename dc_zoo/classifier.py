@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import numbers
 import time
+from collections import Counter
 from typing import Any, Hashable, Mapping, Sequence
 
 import torch
@@ -100,7 +101,8 @@ class DiffusionClassifier:
         if all(isinstance(c, int) for c in classes):
             shown = [names.get(c, str(c)) for c in classes]
             # ImageNet names repeat (134 and 517 are both "crane"): keep them apart by label.
-            shown = [n if shown.count(n) == 1 else f"{n} ({c})" for n, c in zip(shown, classes)]
+            seen = Counter(shown)
+            shown = [n if seen[n] == 1 else f"{n} ({c})" for n, c in zip(shown, classes)]
             return CandidateSet.from_labels(classes, shown)
         lookup: dict[str, int] = {}
         for label, name in names.items():
@@ -141,6 +143,31 @@ class DiffusionClassifier:
             sample_keys=sample_keys, noise=noise, model_dtype=self.backend.dtype, on_batch=on_batch,
             pad_batches=self.backend.static_batch,
         )
+
+    def classify_pixels(self, pixels: torch.Tensor, candidates: CandidateSet,
+                        sample_keys: Sequence[Hashable] | None = None, scoring: ScoringConfig | None = None,
+                        keep_timestep_errors: bool = False) -> ClassificationOutput:
+        """Score preprocessed pixels in chunks of ``image_batch_size``; keys default to content hashes.
+
+        The one scoring path behind ``classify``, the timm module, the clip_benchmark adapter
+        and ``dc-zoo eval``, so they all see the same noise for the same image.
+
+        Raises:
+            NonFiniteScoreError: carries ``.completed`` (outputs of the chunks finished before).
+        """
+        keys = list(sample_keys) if sample_keys is not None else [image_key(p) for p in pixels]
+        if len(keys) != pixels.shape[0]:
+            raise ValueError(f"Got {len(keys)} sample_keys for {pixels.shape[0]} images.")
+        outputs: list[ClassificationOutput] = []
+        for lo in range(0, len(keys), self.image_batch_size):
+            hi = lo + self.image_batch_size
+            try:
+                result = self.score_pixels(pixels[lo:hi], candidates, keys[lo:hi], scoring)
+            except NonFiniteScoreError as err:
+                err.completed = _concat(outputs) if outputs else None
+                raise
+            outputs.append(self.to_output(result, candidates, keep_timestep_errors=keep_timestep_errors))
+        return _concat(outputs)
 
     def classify(self, images: Any, classes: Sequence[Any] | None = None, *,
                  prompts: Mapping[str, Sequence[str]] | None = None,
@@ -190,13 +217,12 @@ class DiffusionClassifier:
             for lo in range(0, len(items), self.image_batch_size):
                 chunk = items[lo : lo + self.image_batch_size]
                 pixels = to_pixels(chunk, self.preprocess)
-                keys = list(sample_keys[lo : lo + len(chunk)]) if sample_keys is not None else [image_key(p) for p in pixels]
+                keys = sample_keys[lo : lo + len(chunk)] if sample_keys is not None else None
                 try:
-                    result = self.score_pixels(pixels, candidates, keys, scoring)
+                    out = self.classify_pixels(pixels, candidates, keys, scoring, return_timestep_errors)
                 except NonFiniteScoreError as err:
                     err.completed = _concat(outputs) if outputs else None
                     raise
-                out = self.to_output(result, candidates, keep_timestep_errors=return_timestep_errors)
                 outputs.append(out)
                 done += len(chunk)
                 if bar is not None:

@@ -85,6 +85,12 @@ def make_noise(
     )
 
 
+def _mean_errors(timestep_errors: torch.Tensor) -> torch.Tensor:
+    """Each candidate's mean error over the (timestep, trial) pairs it was evaluated on (NaN = not run)."""
+    counts = (~torch.isnan(timestep_errors)).sum(dim=(2, 3)).clamp_min(1)
+    return torch.nansum(timestep_errors, dim=(2, 3)) / counts
+
+
 def _select(conditions: Any, index: torch.Tensor) -> Any:
     return tree_map(lambda x: x.index_select(0, index) if isinstance(x, torch.Tensor) else x, conditions)
 
@@ -212,11 +218,8 @@ def score_candidates(
     B = int(config.batch_size)
 
     def result(prediction: torch.Tensor) -> EngineResult:
-        evaluated = ~torch.isnan(timestep_errors)
-        counts = evaluated.sum(dim=(2, 3)).clamp_min(1)
-        mean = torch.nansum(timestep_errors, dim=(2, 3)) / counts
         return EngineResult(
-            candidate_errors=mean,
+            candidate_errors=_mean_errors(timestep_errors),
             stage_reached=stage_reached,
             prediction=prediction,
             evaluations=torch.full((N,), evaluations, dtype=torch.long),
@@ -252,9 +255,7 @@ def score_candidates(
                 "or check the inputs. Scores computed so far are kept in .partial.",
                 partial=result(torch.full((N,), -1, dtype=torch.long, device=device)),
             )
-        evaluated = ~torch.isnan(timestep_errors)
-        mean = torch.nansum(timestep_errors, dim=(2, 3)) / evaluated.sum(dim=(2, 3)).clamp_min(1)
-        kept_mean = mean.gather(1, kept)
+        kept_mean = _mean_errors(timestep_errors).gather(1, kept)
         order = torch.topk(-kept_mean, k=min(keep, k), dim=1).indices
         kept = kept.gather(1, order)
         logger.debug("stage %d: %d timesteps x %d candidates x %d images", stage, P, k, N)

@@ -25,7 +25,6 @@ from torch import nn
 
 from ._registry import RegistryEntry, get_entry, list_models
 from .classifier import DiffusionClassifier
-from .noise import image_key
 from .outputs import ClassificationOutput
 
 logger = logging.getLogger(__name__)
@@ -63,10 +62,7 @@ class DiffusionClassifierNet(nn.Module):
                 f"{tuple(x.shape)}; build the transform with timm.data.create_transform(**timm.data."
                 "resolve_data_config(model=model)), or use model.classifier.classify(pil_images, ...)."
             )
-        pixels = x.float()
-        keys = [image_key(p) for p in pixels]  # content keys: the same noise as classify() on the same pixels
-        result = self.classifier.score_pixels(pixels, self.candidates, keys)
-        return self.classifier.to_output(result, self.candidates)
+        return self.classifier.classify_pixels(x.float(), self.candidates)  # content keys, as classify()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_output(x).logits.to(x.device)

@@ -283,19 +283,13 @@ class DiffusionClassifierForClipBenchmark(nn.Module):
             raise RuntimeError(
                 f"encode_image came after only {self._text_calls} of {K} classes' prompts were encoded; the "
                 "adaptive stages need every class first (classifiers loaded with --load_clfs are not supported).")
-        keys = [image_key(p) for p in pixels]
-        clf = self.classifier
-        logits, start = [], time.perf_counter()
-        for lo in range(0, len(keys), clf.image_batch_size):
-            hi = lo + clf.image_batch_size
-            result = clf.score_pixels(pixels[lo:hi], self.candidates, keys[lo:hi], self.scoring)
-            out = clf.to_output(result, self.candidates)
-            logits.append(out.logits)
-            self.stats.predictions.extend(int(p) for p in out.predictions)
-            self.stats.evaluations += int(out.evaluations.sum())
+        start = time.perf_counter()
+        out = self.classifier.classify_pixels(pixels, self.candidates, scoring=self.scoring)
+        self.stats.predictions.extend(int(p) for p in out.predictions)
+        self.stats.evaluations += int(out.evaluations.sum())
         self.stats.seconds += time.perf_counter() - start
-        self.stats.images += len(keys)
-        ranks = encode_ranks(torch.cat(logits), dim=-1, top_exponent=1)
+        self.stats.images += len(out)
+        ranks = encode_ranks(out.logits, dim=-1, top_exponent=1)
         # |features| = LOGIT_SCALE, so 100 * normalize(features) returns the ladder values unchanged.
         pad = (LOGIT_SCALE**2 - ranks.square().sum(dim=1, keepdim=True)).clamp_min(0).sqrt()
         return torch.cat([ranks, pad], dim=1)
@@ -327,7 +321,7 @@ class DiffusionClassifierForClipBenchmark(nn.Module):
         x0 = backend.encode_images(pixels.to(backend.device))
         conditions = _append_condition(backend.encode_conditions(texts), backend.unconditional())
         result = score_candidates(backend.denoise, backend.schedule, x0, conditions, self.scoring,
-                                  sample_keys=keys, model_dtype=backend.dtype)
+                                  sample_keys=keys, model_dtype=backend.dtype, pad_batches=backend.static_batch)
         self.stats.seconds += time.perf_counter() - start
         self.stats.images += len(keys)
         self.stats.evaluations += int(result.evaluations.sum())

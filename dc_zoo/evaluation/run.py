@@ -32,7 +32,6 @@ from ..classifier import DiffusionClassifier
 from ..clip_benchmark.registration import MODEL_NAME as CLIP_BENCHMARK_MODEL
 from ..config import ScoringConfig
 from ..engine import NonFiniteScoreError
-from ..noise import image_key
 from ..preprocess import to_pixels
 from ..timestep_plan import validate_stages
 from .benchmark_datasets import BenchmarkDataset, load_benchmark_dataset
@@ -176,9 +175,8 @@ def _score_chunk(clf: DiffusionClassifier, candidates: CandidateSet, scoring: Sc
                  items: Sequence[tuple[int, Any, int]]) -> list[SampleRecord]:
     """Score one chunk; an image whose network output is non-finite gets a failed record, not a crash."""
     pixels = to_pixels([image for _, image, _ in items], clf.preprocess)
-    keys = [image_key(p) for p in pixels]  # the same noise identity as classify() and clip_benchmark
     try:
-        result = clf.score_pixels(pixels, candidates, keys, scoring)
+        out = clf.classify_pixels(pixels, candidates, scoring=scoring)  # content keys, as classify()
     except NonFiniteScoreError as err:
         if len(items) == 1:
             index, _, label = items[0]
@@ -187,7 +185,6 @@ def _score_chunk(clf: DiffusionClassifier, candidates: CandidateSet, scoring: Sc
                                  evaluations=0, error=str(err))]
         # Find the culprit: score the chunk's images one by one (deterministic, so resumes agree).
         return [record for item in items for record in _score_chunk(clf, candidates, scoring, [item])]
-    out = clf.to_output(result, candidates)
     return [
         SampleRecord(index=index, label=label, prediction=int(out.predictions[j]),
                      errors=tuple(_float32(v) for v in out.errors[j].tolist()),
