@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
 import dc_zoo
@@ -10,7 +11,7 @@ from dc_zoo.acceleration import optimize_backend
 from dc_zoo.noise_schedules import FlowMatchingSchedule
 
 from test_flow_matching_denoiser import TinyFlowDenoiser
-from tiny_models import tiny_sd_backend
+from tiny_models import tiny_dit_backend, tiny_sd_backend
 
 SCORING = dc_zoo.ScoringConfig(n_samples=(4, 12), to_keep=(2, 1), batch_size=7)
 
@@ -55,3 +56,35 @@ def test_compiler_failure_falls_back_to_eager(caplog):
         out = classify(backend, images, [0, 1, 2])
     assert backend.model.failed and "continuing in eager mode" in caplog.text
     torch.testing.assert_close(out.candidate_errors, eager.candidate_errors)
+
+
+def test_pinned_attention_kernels_give_the_same_scores():
+    images = torch.rand(2, 3, 16, 16)
+    default = classify(tiny_sd_backend(seed=3), images, ["a", "b", "c"])
+    for kernel in ("math", "flash"):  # the two kernels torch has on the CPU
+        pinned = classify(optimize_backend(tiny_sd_backend(seed=3), attention=kernel), images, ["a", "b", "c"])
+        assert torch.equal(pinned.predictions, default.predictions)
+        torch.testing.assert_close(pinned.candidate_errors, default.candidate_errors, rtol=1e-5, atol=1e-6)
+
+
+def test_pinned_attention_reaches_the_attention_layers_and_fails_clearly():
+    # memory-efficient attention has no CPU kernel: the pin must reach diffusers' attention
+    # processors (or this would run) and the error must say what to do instead.
+    backend = optimize_backend(tiny_sd_backend(seed=3), attention="efficient")
+    with pytest.raises(RuntimeError, match="'efficient' attention kernel cannot run.*attention='math'"):
+        classify(backend, torch.rand(1, 3, 16, 16), ["a", "b"])
+
+
+def test_pinned_attention_under_torch_compile():
+    images = torch.rand(2, 3, 16, 16)
+    default = classify(tiny_dit_backend(), images, [0, 1, 2])
+    backend = optimize_backend(tiny_dit_backend(), attention="math", compile=True, compile_backend="eager")
+    out = classify(backend, images, [0, 1, 2])
+    assert not backend.transformer.failed  # dynamo traced through the kernel pin
+    assert torch.equal(out.predictions, default.predictions)
+    torch.testing.assert_close(out.candidate_errors, default.candidate_errors, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_attention_kernel_is_refused():
+    with pytest.raises(ValueError, match="Unknown attention kernel 'fast'.*cudnn.*efficient.*flash.*math"):
+        optimize_backend(mlp_backend(), attention="fast")
