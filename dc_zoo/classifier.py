@@ -5,6 +5,7 @@ Composes the three layers: the backend (networks from diffusers or your own), th
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import numbers
 import time
@@ -14,11 +15,13 @@ from typing import Any, Hashable, Mapping, Sequence
 import torch
 
 from .backends.base import DiffusionBackend
+from .batch_size import AUTO, BatchSizeSearch, batch_size_for_backend
 from .candidates import CandidateSet, ranking_logits
 from .config import PreprocessConfig, ScoringConfig
 from .engine import EngineResult, NonFiniteScoreError, score_candidates
 from .noise import image_key
 from .outputs import ClassificationOutput
+from .prefetch import Prefetcher, pin_for
 from .preprocess import as_image_list, to_pixels
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class DiffusionClassifier:
         self.templates = tuple(templates)
         self.image_batch_size = int(image_batch_size)
         self._condition_cache: dict[tuple, Any] = {}
+        self._batch_size_cache: dict[tuple, BatchSizeSearch] = {}  # batch_size="auto" results
         self.entry: Any = None  # set by the factory for zoo models
         self.source: Any = None  # set by the factory: the resolved snapshot (repo, revision, commit, path)
 
@@ -131,13 +135,25 @@ class DiffusionClassifier:
         return self._condition_cache[key]
 
     # ------------------------------------------------------------------ scoring
+    def scoring_for(self, scoring: ScoringConfig, x0: torch.Tensor, conditions: Any) -> ScoringConfig:
+        """``scoring`` with ``batch_size="auto"`` replaced by a measured number (see
+        ``dc_zoo.batch_size``); searched once per device, dtype and sample shape, then reused."""
+        if scoring.batch_size != AUTO:
+            return scoring
+        key = (self.backend.device, self.backend.dtype, tuple(x0.shape[1:]))
+        if key not in self._batch_size_cache:
+            self._batch_size_cache[key] = batch_size_for_backend(self.backend, x0, conditions)
+        return dataclasses.replace(scoring, batch_size=self._batch_size_cache[key].batch_size)
+
     def score_pixels(self, pixels: torch.Tensor, candidates: CandidateSet, sample_keys: Sequence[Hashable],
                      scoring: ScoringConfig | None = None, noise: torch.Tensor | None = None,
                      on_batch=None) -> EngineResult:
         """Engine call on already preprocessed pixels (``[B, 3, S, S]`` in [-1, 1])."""
         scoring = scoring or self.scoring
-        x0 = self.backend.encode_images(pixels.to(self.backend.device))
+        # Pinned pixels (dc_zoo.prefetch) copy asynchronously; the engine reads them on the same stream.
+        x0 = self.backend.encode_images(pixels.to(self.backend.device, non_blocking=pixels.is_pinned()))
         conditions = self.encode_candidates(candidates)
+        scoring = self.scoring_for(scoring, x0, conditions)
         return score_candidates(
             self.backend.denoise, self.backend.schedule, x0, conditions, scoring,
             sample_keys=sample_keys, noise=noise, model_dtype=self.backend.dtype, on_batch=on_batch,
@@ -176,7 +192,8 @@ class DiffusionClassifier:
                  labels: Sequence[int] | None = None,
                  scoring: ScoringConfig | None = None,
                  progress: bool = False,
-                 return_timestep_errors: bool = False) -> ClassificationOutput:
+                 return_timestep_errors: bool = False,
+                 prefetch: int = 2) -> ClassificationOutput:
         """Classify images against class names / labels or explicit prompts.
 
         Args:
@@ -190,6 +207,8 @@ class DiffusionClassifier:
             scoring: override the classifier's ``ScoringConfig`` for this call.
             progress: show a tqdm bar (images, running accuracy, evaluations/image, ETA).
             return_timestep_errors: keep the per-(candidate, timestep) errors.
+            prefetch: chunks preprocessed ahead on a background thread while one is scored
+                (``dc_zoo.prefetch``); 0 preprocesses on the calling thread.
 
         Returns:
             A ``ClassificationOutput``.
@@ -213,26 +232,32 @@ class DiffusionClassifier:
 
             bar = tqdm(total=len(items), unit="img", desc="diffusion-classifier", dynamic_ncols=True)
         correct, done, start = 0, 0, time.perf_counter()
+
+        def prepare(lo: int) -> tuple[int, torch.Tensor]:  # runs on the read-ahead thread
+            pixels = to_pixels(items[lo : lo + self.image_batch_size], self.preprocess)
+            return lo, pin_for(pixels, self.backend.device)
+
         try:
-            for lo in range(0, len(items), self.image_batch_size):
-                chunk = items[lo : lo + self.image_batch_size]
-                pixels = to_pixels(chunk, self.preprocess)
-                keys = sample_keys[lo : lo + len(chunk)] if sample_keys is not None else None
-                try:
-                    out = self.classify_pixels(pixels, candidates, keys, scoring, return_timestep_errors)
-                except NonFiniteScoreError as err:
-                    err.completed = _concat(outputs) if outputs else None
-                    raise
-                outputs.append(out)
-                done += len(chunk)
-                if bar is not None:
-                    postfix = {"evals/img": int(out.evaluations[0])}
-                    if labels is not None:
-                        correct += int((out.predictions.cpu() == torch.as_tensor(labels[lo : lo + len(chunk)])).sum())
-                        postfix["acc"] = f"{100.0 * correct / done:.1f}%"
-                    postfix["s/img"] = f"{(time.perf_counter() - start) / done:.2f}"
-                    bar.set_postfix(postfix)
-                    bar.update(len(chunk))
+            with Prefetcher(range(0, len(items), self.image_batch_size), prepare, ahead=prefetch,
+                            name="dc-zoo-classify-read") as ready:
+                for lo, pixels in ready:
+                    n = pixels.shape[0]
+                    keys = sample_keys[lo : lo + n] if sample_keys is not None else None
+                    try:
+                        out = self.classify_pixels(pixels, candidates, keys, scoring, return_timestep_errors)
+                    except NonFiniteScoreError as err:
+                        err.completed = _concat(outputs) if outputs else None
+                        raise
+                    outputs.append(out)
+                    done += n
+                    if bar is not None:
+                        postfix = {"evals/img": int(out.evaluations[0])}
+                        if labels is not None:
+                            correct += int((out.predictions.cpu() == torch.as_tensor(labels[lo : lo + n])).sum())
+                            postfix["acc"] = f"{100.0 * correct / done:.1f}%"
+                        postfix["s/img"] = f"{(time.perf_counter() - start) / done:.2f}"
+                        bar.set_postfix(postfix)
+                        bar.update(n)
         finally:
             if bar is not None:
                 bar.close()

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from . import _hub
 from ._registry import RegistryEntry, default_model, get_entry, list_models
+from .config import parse_batch_size
 from .losses import LOSSES
 from .timestep_plan import TimestepPlan
 
@@ -227,6 +228,14 @@ def _load_images(paths: Sequence[str]):
     return images
 
 
+def batch_size_type(text: str) -> int | str:
+    """argparse type of ``--batch-size``: a positive integer or ``auto``."""
+    try:
+        return parse_batch_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def run_classify(args: argparse.Namespace) -> int:
     _configure_logging(args)
     from ._factory import create_model
@@ -306,7 +315,8 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
     run = parser.add_argument_group("execution")
     run.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     run.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: the entry's on GPU, float32 on CPU)")
-    run.add_argument("--batch-size", type=int, default=None, help="network evaluations per forward pass")
+    run.add_argument("--batch-size", type=batch_size_type, default=None,
+                     help="network evaluations per forward pass, or 'auto' (measured: largest that pays)")
     run.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
     run.add_argument("--json", action="store_true", help="machine-readable output")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -29,9 +29,13 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _bpe_path() -> Path:
-    import open_clip
+    # Located without importing open_clip (whose import pulls in ftfy, timm, torchvision).
+    import importlib.util
 
-    return Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("The CLIP vocabulary comes from open_clip: pip install open_clip_torch.")
+    return Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def write_clip_tokenizer_files(directory: str | Path, model_max_length: int = 77) -> Path:

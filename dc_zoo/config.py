@@ -5,12 +5,13 @@ fixes resolution, interpolation and crop), the second to an experiment (stages, 
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .losses import LOSSES
 
-__all__ = ["PreprocessConfig", "ScoringConfig", "INTERPOLATIONS", "CROPS"]
+__all__ = ["PreprocessConfig", "ScoringConfig", "INTERPOLATIONS", "CROPS", "parse_batch_size"]
 
 INTERPOLATIONS = ("bicubic", "bilinear", "lanczos", "nearest")
 CROPS = ("center", "adm_center")
@@ -47,7 +48,7 @@ class ScoringConfig:
     loss: str = "l2"  # "l2" (default), "l1" or "huber"
     n_trials: int = 1  # eps draws per timestep
     seed: int = 0  # noise depends only on (seed, sample key)
-    batch_size: int = 32  # network evaluations per forward pass, packed across images
+    batch_size: int | str = 32  # network evaluations per forward pass, packed across images; "auto": measured
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes kept in results
 
     def __post_init__(self) -> None:
@@ -57,10 +58,20 @@ class ScoringConfig:
             raise ValueError(f"Unknown loss {self.loss!r}; choose one of {LOSSES}.")
         if int(self.n_trials) < 1:
             raise ValueError(f"n_trials must be at least 1, got {self.n_trials}.")
-        if int(self.batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
+        object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["n_samples"], d["to_keep"] = list(self.n_samples), list(self.to_keep)
         return d
+
+
+def parse_batch_size(value: Any) -> int | str:
+    """``"auto"``, or a positive integer from an int, a numpy integer or a digit string (``--batch-size 64``)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not (isinstance(value, numbers.Integral) or (isinstance(value, str) and value.isdigit())):
+        raise ValueError(f"batch_size must be a positive integer or 'auto', got {value!r}.")
+    if int(value) < 1:
+        raise ValueError(f"batch_size must be at least 1 (or 'auto'), got {value}.")
+    return int(value)

@@ -27,7 +27,7 @@ from .timestep_plan import TimestepPlan, validate_stages
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["score_candidates", "EngineResult", "NonFiniteScoreError", "make_noise", "num_conditions"]
+__all__ = ["score_candidates", "EngineResult", "NonFiniteScoreError", "make_noise", "num_conditions", "is_out_of_memory"]
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
@@ -95,7 +95,7 @@ def _select(conditions: Any, index: torch.Tensor) -> Any:
     return tree_map(lambda x: x.index_select(0, index) if isinstance(x, torch.Tensor) else x, conditions)
 
 
-def _is_out_of_memory(err: BaseException) -> bool:
+def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
@@ -125,7 +125,7 @@ def _evaluate_items(denoise, schedule, x0, noise, conditions, plan_t, img, cand,
             prediction = denoise(x_t, schedule.model_timestep(t), _select(conditions, cand[index]))
             batch_errors = per_sample_error(prediction, schedule.target(clean, eps, t), loss)
         except (torch.OutOfMemoryError, RuntimeError) as err:
-            if not _is_out_of_memory(err) or B == 1:
+            if not is_out_of_memory(err) or B == 1:
                 raise
             B = max(1, B // 2)
             logger.warning("Out of memory at batch size %d; retrying with %d.", 2 * B, B)
@@ -180,6 +180,11 @@ def score_candidates(
         NonFiniteScoreError: a prediction produced a non-finite error (names the image,
             candidate and timestep; ``.partial`` keeps what was computed).
     """
+    if not isinstance(config.batch_size, int):
+        raise ValueError(
+            f"score_candidates needs a number for batch_size, got {config.batch_size!r}: 'auto' is resolved by "
+            "DiffusionClassifier.scoring_for (or dc_zoo.batch_size.batch_size_for_backend)."
+        )
     T = schedule.num_train_timesteps
     validate_stages(config.n_samples, config.to_keep, T)
     plan = plan or TimestepPlan.from_stages(config.n_samples, T)

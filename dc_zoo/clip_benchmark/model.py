@@ -320,7 +320,8 @@ class DiffusionClassifierForClipBenchmark(nn.Module):
         start = time.perf_counter()
         x0 = backend.encode_images(pixels.to(backend.device))
         conditions = _append_condition(backend.encode_conditions(texts), backend.unconditional())
-        result = score_candidates(backend.denoise, backend.schedule, x0, conditions, self.scoring,
+        scoring = self.classifier.scoring_for(self.scoring, x0, conditions)
+        result = score_candidates(backend.denoise, backend.schedule, x0, conditions, scoring,
                                   sample_keys=keys, model_dtype=backend.dtype, pad_batches=backend.static_batch)
         self.stats.seconds += time.perf_counter() - start
         self.stats.images += len(keys)

@@ -14,6 +14,8 @@ import sys
 from typing import Sequence
 
 from .._hub import ZooHubError
+from ..acceleration import ATTENTION_KERNELS
+from ..cli import batch_size_type
 from ..losses import LOSSES
 from .distributed import RankFailedError
 from .identity import IdentityMismatchError
@@ -72,8 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="prompt templates: 'entry' (the model's, default), 'clip_benchmark' (the dataset's "
                           "ensemble; cost x templates) or a .txt (one per line, {c} for the class) / .json file")
     run = parser.add_argument_group("execution")
-    run.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
-                     help="network evaluations per forward pass")
+    run.add_argument("--batch-size", "--batch_size", dest="batch_size", type=batch_size_type, default=None,
+                     help="network evaluations per forward pass, or 'auto' (measured once; a resumed run "
+                          "keeps the stored number)")
     run.add_argument("--image-batch-size", "--image_batch_size", dest="image_batch_size", type=int, default=8,
                      help="samples scored together (one chunk of the store; fixed for a run)")
     run.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: the entry's on GPU, float32 on CPU)")
@@ -81,6 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     run.add_argument("--channels-last", dest="channels_last", action="store_true",
                      help="NHWC memory format for the UNet (speed; fixed for a run, like the levers below)")
     run.add_argument("--compile", action="store_true", help="torch.compile the denoising network (eager fallback)")
+    run.add_argument("--compile-mode", "--compile_mode", dest="compile_mode", default=None,
+                     choices=["default", "reduce-overhead", "max-autotune"],
+                     help="with --compile: reduce-overhead adds CUDA graphs, max-autotune also tunes kernels")
+    run.add_argument("--attention", default=None, choices=sorted(ATTENTION_KERNELS),
+                     help="pin one scaled-dot-product attention kernel (default: torch's choice)")
     run.add_argument("--tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs for float32 models")
     run.add_argument("--dist-timeout-hours", dest="dist_timeout_hours", type=float, default=24.0,
                      help="how long ranks wait for the slowest one at the end")
@@ -107,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         n_trials=args.n_trials, batch_size=args.batch_size, image_batch_size=args.image_batch_size,
         templates=args.templates, dtype=args.dtype, device=args.device, limit=args.limit, download=args.download,
         language=args.language, channels_last=args.channels_last, compile=args.compile, tf32=args.tf32,
+        compile_mode=args.compile_mode, attention=args.attention,
         progress=args.progress, dist_timeout_hours=args.dist_timeout_hours,
     )
 

@@ -26,7 +26,7 @@ from .identity import IdentityMismatchError, RunIdentity
 logger = logging.getLogger(__name__)
 
 __all__ = ["SampleRecord", "ResultStore", "RecordWriter", "StoreCorruptError", "chunk_bounds", "complete_chunks",
-           "num_chunks", "fsync_directory"]
+           "num_chunks", "fsync_directory", "stored_batch_size"]
 
 _HEADER_KEY = "dc_zoo_result_store"
 
@@ -271,3 +271,16 @@ def complete_chunks(finished: Iterable[int], image_batch_size: int, dataset_size
 
 def num_chunks(n: int, image_batch_size: int) -> int:
     return math.ceil(n / image_batch_size)
+
+
+def stored_batch_size(directory: str | Path) -> int | None:
+    """The batch size a previous session of the run in ``directory`` recorded (so that
+    ``batch_size="auto"`` resumes with the same number); ``None`` when no readable header exists."""
+    for path in sorted(Path(directory).glob("rank-*.jsonl")):
+        with open(path, "rb") as f:
+            line = f.readline()
+        try:
+            return int(json.loads(line)["identity"]["batch_size"])
+        except (ValueError, KeyError, TypeError):
+            continue  # torn or foreign: open_and_repair reports it
+    return None

@@ -8,7 +8,8 @@ appends their records; rank 0 merges all ranks' records into clip_benchmark's re
 one ``samples.jsonl`` sorted by sample index.
 
 A chunk is ``image_batch_size`` consecutive dataset samples scored together (the engine packs
-their work into shared batches). Chunks are fixed by the run identity, never by the world size
+their work into shared batches); the next chunks are read and preprocessed on a background thread
+(``dc_zoo.prefetch``) while one is scored. Chunks are fixed by the run identity, never by the world size
 or by where a previous run stopped, and each sample's noise depends only on (seed, index): so a
 run on any number of processes, interrupted any number of times, gives the same records, bit
 for bit, as one uninterrupted process.
@@ -16,6 +17,7 @@ for bit, as one uninterrupted process.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -23,15 +25,18 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
+import torch
 
+from ..batch_size import AUTO
 from ..candidates import CandidateSet
 from ..classifier import DiffusionClassifier
 from ..clip_benchmark.registration import MODEL_NAME as CLIP_BENCHMARK_MODEL
 from ..config import ScoringConfig
 from ..engine import NonFiniteScoreError
+from ..prefetch import Prefetcher, pin_for
 from ..preprocess import to_pixels
 from ..timestep_plan import validate_stages
 from .benchmark_datasets import BenchmarkDataset, load_benchmark_dataset
@@ -40,7 +45,8 @@ from .identity import RunIdentity
 from .metrics import classification_metrics, cost_summary
 from .progress import OverallProgress, RankProgress, file_sizes
 from .prompts import resolve_prompts
-from .result_store import ResultStore, SampleRecord, chunk_bounds, complete_chunks, fsync_directory, num_chunks
+from .result_store import (ResultStore, SampleRecord, chunk_bounds, complete_chunks, fsync_directory, num_chunks,
+                           stored_batch_size)
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +70,7 @@ class EvalConfig:
     loss: str | None = None
     seed: int | None = None
     n_trials: int | None = None
-    batch_size: int | None = None  # network evaluations per forward pass
+    batch_size: int | str | None = None  # network evaluations per forward pass, or "auto" (measured once)
     image_batch_size: int = 8  # samples per chunk (scored together, written together)
     templates: str = "entry"  # "entry", "clip_benchmark" or a template file
     dtype: str | None = None
@@ -74,8 +80,11 @@ class EvalConfig:
     language: str = "en"
     channels_last: bool = False  # speed levers (dc_zoo.acceleration); part of the run identity
     compile: bool = False
+    compile_mode: str | None = None  # "reduce-overhead" (CUDA graphs) or "max-autotune"; implies compile
+    attention: str | None = None  # pin one attention kernel: flash, efficient, cudnn, math
     tf32: bool = False
     progress: bool = False  # tqdm bars (the CLI turns them on)
+    prefetch: int = 2  # chunks read and preprocessed ahead on a background thread; 0 = on the main thread
     dist_timeout_hours: float = 24.0  # how long ranks wait for the slowest at the end
 
 
@@ -157,6 +166,43 @@ def _scoring(config: EvalConfig, clf: DiffusionClassifier) -> ScoringConfig:
     return dataclasses.replace(clf.scoring, **overrides)
 
 
+def _apply_speed_levers(clf: DiffusionClassifier, config: EvalConfig) -> tuple[str, ...]:
+    """Apply the requested levers; their names (part of the run identity, they change float rounding)."""
+    mode = None if config.compile_mode in (None, "default") else config.compile_mode
+    compile = bool(config.compile or mode)
+    levers = tuple(name for name, on in (("channels_last", config.channels_last), ("compile", compile),
+                                         ("tf32", config.tf32)) if on)
+    levers += (f"compile_mode={mode}",) if mode else ()
+    levers += (f"attention={config.attention}",) if config.attention else ()
+    if levers:
+        from ..acceleration import optimize_backend
+
+        optimize_backend(clf.backend, channels_last=config.channels_last, compile=compile, compile_mode=mode,
+                         attention=config.attention, tf32=config.tf32)
+    return levers
+
+
+def _resolve_auto_batch_size(ctx: DistributedContext, clf: DiffusionClassifier, scoring: ScoringConfig,
+                             candidates: CandidateSet, dataset: BenchmarkDataset, store_dir: Path) -> ScoringConfig:
+    """``batch_size="auto"``: the number a previous session stored, else rank 0 measures it on the
+    first sample; every rank uses rank 0's number (the identity must agree across ranks)."""
+    chosen, error = None, None
+    if ctx.is_main:
+        try:
+            chosen = stored_batch_size(store_dir)
+            if chosen is not None:
+                logger.info("batch_size='auto': resuming with the stored batch size %d", chosen)
+            else:
+                _, image, _ = next(iter(dataset.samples([0])))
+                pixels = to_pixels([image], clf.preprocess).to(clf.backend.device)
+                x0 = clf.backend.encode_images(pixels)
+                chosen = int(clf.scoring_for(scoring, x0, clf.encode_candidates(candidates)).batch_size)
+        except Exception as err:  # noqa: BLE001 - every failure must reach the other ranks
+            error = err
+    ctx.raise_if_any_failed(error)
+    return dataclasses.replace(scoring, batch_size=int(ctx.broadcast(chosen)))
+
+
 def _check_schedule(scoring: ScoringConfig, clf: DiffusionClassifier, candidates: CandidateSet) -> None:
     validate_stages(scoring.n_samples, scoring.to_keep, clf.backend.schedule.num_train_timesteps)
     if max(scoring.to_keep[:-1], default=1) > len(candidates):
@@ -171,26 +217,47 @@ def _float32(value: float) -> float:
     return float(str(np.float32(value)))
 
 
+def _chunks(samples: Iterable[tuple[int, Any, int]], B: int, size: int) -> Iterator[list[tuple[int, Any, int]]]:
+    """The samples grouped into their chunks (``chunk_bounds``); a chunk cut short is an error."""
+    chunk: list[tuple[int, Any, int]] = []
+    for item in samples:
+        chunk.append(item)
+        index = item[0]
+        if index == chunk_bounds(index // B, B, size)[-1]:
+            yield chunk
+            chunk = []
+    if chunk:
+        raise RuntimeError(f"Chunk of samples {[i for i, _, _ in chunk]} ended early: the dataset changed "
+                           "while it was read.")
+
+
+def _prepare(clf: DiffusionClassifier, chunk: list[tuple[int, Any, int]]) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """A chunk's ``(index, label)`` pairs and its pixels (pinned for a CUDA device): the read-ahead work."""
+    pixels = to_pixels([image for _, image, _ in chunk], clf.preprocess)
+    return [(index, label) for index, _, label in chunk], pin_for(pixels, clf.backend.device)
+
+
 def _score_chunk(clf: DiffusionClassifier, candidates: CandidateSet, scoring: ScoringConfig,
-                 items: Sequence[tuple[int, Any, int]]) -> list[SampleRecord]:
-    """Score one chunk; an image whose network output is non-finite gets a failed record, not a crash."""
-    pixels = to_pixels([image for _, image, _ in items], clf.preprocess)
+                 items: Sequence[tuple[int, int]], pixels: torch.Tensor) -> list[SampleRecord]:
+    """Score one chunk (``(index, label)`` pairs and their preprocessed pixels); an image whose network
+    output is non-finite gets a failed record, not a crash."""
     try:
         out = clf.classify_pixels(pixels, candidates, scoring=scoring)  # content keys, as classify()
     except NonFiniteScoreError as err:
         if len(items) == 1:
-            index, _, label = items[0]
+            index, label = items[0]
             logger.warning("sample %d could not be scored: %s", index, err)
             return [SampleRecord(index=index, label=label, prediction=-1, errors=None, stage_reached=None,
                                  evaluations=0, error=str(err))]
         # Find the culprit: score the chunk's images one by one (deterministic, so resumes agree).
-        return [record for item in items for record in _score_chunk(clf, candidates, scoring, [item])]
+        return [record for j, item in enumerate(items)
+                for record in _score_chunk(clf, candidates, scoring, [item], pixels[j : j + 1])]
     return [
         SampleRecord(index=index, label=label, prediction=int(out.predictions[j]),
                      errors=tuple(_float32(v) for v in out.errors[j].tolist()),
                      stage_reached=tuple(int(v) for v in out.stage_reached[j].tolist()),
                      evaluations=int(out.evaluations[j]))
-        for j, (index, _, label) in enumerate(items)
+        for j, (index, label) in enumerate(items)
     ]
 
 
@@ -235,6 +302,9 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
     try:
         if int(config.image_batch_size) < 1:
             raise ValueError(f"image_batch_size must be at least 1, got {config.image_batch_size}.")
+        if int(config.prefetch) < 0:
+            raise ValueError(f"prefetch must be 0 (read on the main thread) or a number of chunks, got "
+                             f"{config.prefetch}.")
         if config.limit is not None and int(config.limit) < 1:
             raise ValueError(f"--limit must be a positive number of samples, got {config.limit}.")
         output = Path(config.output)
@@ -254,24 +324,11 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
             classifier = create_model(config.model, revision=config.revision, device=ctx.device, dtype=config.dtype,
                                       image_batch_size=B)
         clf = classifier
-        levers = tuple(name for name in ("channels_last", "compile", "tf32") if getattr(config, name))
-        if levers:
-            from ..acceleration import optimize_backend
-
-            optimize_backend(clf.backend, channels_last=config.channels_last, compile=config.compile, tf32=config.tf32)
+        levers = _apply_speed_levers(clf, config)
         candidates, templates = _candidates(clf, dataset, config.templates)
         scoring = _scoring(config, clf)
         _check_schedule(scoring, clf, candidates)
         model_name, revision = _model_label(config, clf)
-        identity = RunIdentity(
-            model=model_name, revision=revision, dtype=str(clf.backend.dtype).replace("torch.", ""),
-            preprocess=dataclasses.asdict(clf.preprocess), n_samples=scoring.n_samples, to_keep=scoring.to_keep,
-            loss=scoring.loss, n_trials=int(scoring.n_trials), seed=int(scoring.seed),
-            batch_size=int(scoring.batch_size), image_batch_size=B, templates=tuple(templates),
-            class_names=tuple(dataset.classes), dataset=config.dataset, split=config.split,
-            dataset_size=dataset.size, speed_levers=levers,
-        )
-        identity = RunIdentity.from_dict(json.loads(json.dumps(identity.to_dict())))  # as a header reads back
     except Exception as err:  # noqa: BLE001 - every failure must reach the other ranks
         error = err
     ctx.raise_if_any_failed(error)
@@ -284,6 +341,17 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
     stem = "_".join([_slug(config.dataset.replace("wds/", "", 1)), model_slug, CLIP_BENCHMARK_MODEL, config.language,
                      TASK])
     run_dir = output / stem
+    if scoring.batch_size == AUTO:
+        scoring = _resolve_auto_batch_size(ctx, clf, scoring, candidates, dataset, run_dir / "store")
+    identity = RunIdentity(
+        model=model_name, revision=revision, dtype=str(clf.backend.dtype).replace("torch.", ""),
+        preprocess=dataclasses.asdict(clf.preprocess), n_samples=scoring.n_samples, to_keep=scoring.to_keep,
+        loss=scoring.loss, n_trials=int(scoring.n_trials), seed=int(scoring.seed),
+        batch_size=int(scoring.batch_size), image_batch_size=B, templates=tuple(templates),
+        class_names=tuple(dataset.classes), dataset=config.dataset, split=config.split,
+        dataset_size=dataset.size, speed_levers=levers,
+    )
+    identity = RunIdentity.from_dict(json.loads(json.dumps(identity.to_dict())))  # as a header reads back
     store = ResultStore(run_dir / "store", identity)
     results_file, samples_file = output / f"{stem}.json", run_dir / "samples.jsonl"
 
@@ -320,19 +388,15 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
                if ctx.is_main and ctx.is_distributed else None)
     started = time.perf_counter()
     try:
-        with store.writer(ctx.rank) as writer:
-            chunk: list[tuple[int, Any, int]] = []
-            for item in dataset.samples(my_indices):
-                chunk.append(item)
-                index = item[0]
-                if index == chunk_bounds(index // B, B, dataset.size)[-1]:
-                    records = _score_chunk(clf, candidates, scoring, chunk)
-                    writer.append(records)
-                    rank_bar.update(records)
-                    chunk = []
-            if chunk:
-                raise RuntimeError(f"Chunk of samples {[i for i, _, _ in chunk]} ended early: the dataset changed "
-                                   "while it was read.")
+        # The next chunks are read and preprocessed on a background thread while this one is scored.
+        chunks = _chunks(dataset.samples(my_indices), B, dataset.size)
+        prepare = functools.partial(_prepare, clf)
+        with store.writer(ctx.rank) as writer, \
+                Prefetcher(chunks, prepare, ahead=config.prefetch, name=f"dc-zoo-read-rank{ctx.rank}") as ready:
+            for items, pixels in ready:
+                records = _score_chunk(clf, candidates, scoring, items, pixels)
+                writer.append(records)
+                rank_bar.update(records)
         elapsed = time.perf_counter() - started
         if my_indices:
             logger.info("rank %d scored %d samples in %.1f s (%.2f s/sample)", ctx.rank, len(my_indices), elapsed,
