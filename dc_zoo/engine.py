@@ -122,6 +122,7 @@ def _evaluate_items(denoise, schedule, x0, noise, conditions, plan_t, img, cand,
             x_t = schedule.add_noise(clean, eps, t)
             if model_dtype is not None:
                 x_t = x_t.to(model_dtype)
+            x_t = x_t.contiguous()  # one memory layout for every batch: a compiled network is not re-traced
             prediction = denoise(x_t, schedule.model_timestep(t), _select(conditions, cand[index]))
             batch_errors = per_sample_error(prediction, schedule.target(clean, eps, t), loss)
         except (torch.OutOfMemoryError, RuntimeError) as err:

@@ -88,3 +88,22 @@ def test_pinned_attention_under_torch_compile():
 def test_unknown_attention_kernel_is_refused():
     with pytest.raises(ValueError, match="Unknown attention kernel 'fast'.*cudnn.*efficient.*flash.*math"):
         optimize_backend(mlp_backend(), attention="fast")
+
+
+def test_compiled_network_is_traced_once_for_a_whole_run():
+    # Every stage's batches reach the network with one shape and one memory layout (the engine pads
+    # and makes x_t contiguous), so the compiler never re-traces: a re-trace per layout would cost a
+    # compilation each time and, past dynamo's cache limit, silently fall back to eager.
+    graphs = []
+
+    def counting_compiler(graph_module, example_inputs):
+        graphs.append(len(example_inputs))
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    backend = optimize_backend(tiny_dit_backend(), compile=True, compile_backend=counting_compiler)
+    clf = dc_zoo.DiffusionClassifier(backend, SCORING, image_batch_size=2)
+    clf.classify(torch.rand(3, 3, 16, 16), [0, 1, 2, 3], sample_keys=range(3))
+    clf.classify(torch.rand(1, 3, 16, 16), [0, 1, 2, 3], sample_keys=[9])
+    assert not backend.transformer.failed
+    assert len(graphs) == 1, f"{len(graphs)} compilations"
