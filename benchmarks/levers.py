@@ -116,6 +116,30 @@ def main(argv=None) -> int:
         one_at_a_time += [("compile", replace(base, compile_mode=m)) for m in modes]
 
     rows, rates = [], {}
+    device_name = torch.cuda.get_device_name(device) if gpu else "CPU"
+    footer: list[str] = []
+
+    def line(kind, label, rate, note):
+        if rate is None:
+            return f"| {kind} | {label} | | | | | {note} |"
+        tflops = rate * flops / 1e12
+        base_rate = rates.get(base)
+        ratio = f"{rate / base_rate:.2f}x" if base_rate else ""
+        return f"| {kind} | {label} | {rate:,.1f} | {tflops:.3f} | {100 * tflops / peak:.1f}% | {ratio} | {note} |"
+
+    def table() -> str:
+        return "\n".join([
+            f"levers for {args.arch} on {device_name} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
+            f"{flops / 1e9:.3f} GFLOP/eval; network only, {args.seconds:g} s per row; matmul peak {peak:.2f} TFLOP/s "
+            f"({str(peak_dtype).replace('torch.', '')})",
+            "",
+            "| lever | setting | evaluations/s | TFLOP/s | % of peak | vs base | note |",
+            "|---|---|---|---|---|---|---|",
+            *(line(*row) for row in rows),
+            "",
+            *footer,
+            f"sweep time {time.perf_counter() - began:.0f} s",
+        ])
 
     def run(kind: str, setting: Setting) -> None:
         if args.budget_seconds is not None and time.perf_counter() - began > args.budget_seconds:
@@ -128,43 +152,28 @@ def main(argv=None) -> int:
             return
         rates[setting] = rate
         rows.append((kind, setting.label(), rate, ""))
+        if args.out:  # a sweep stopped from outside still leaves the rows it finished
+            args.out.write_text(table() + "\n")
 
-    measure(backend, base, x0, conditions, args.seconds)  # warm-up: allocator, kernel choice, caches
-    for kind, setting in one_at_a_time:
-        run(kind, setting)
-    base_rate = rates.get(base)
-    if base_rate:
-        # Every lever that beat the base by 3% or more, together.
-        best = base
-        paid = [(s, r) for s, r in rates.items() if r >= 1.03 * base_rate]
-        for field in ("batch", "dtype", "channels_last", "attention", "compile_mode"):
-            winners = [s for s, r in sorted(paid, key=lambda p: -p[1]) if getattr(s, field) != getattr(base, field)]
-            if winners:
-                best = replace(best, **{field: getattr(winners[0], field)})
-        if best != base:
-            run("combined", best)
-    auto = batch_size_for_backend(backend, x0, conditions)
-
-    def line(kind, label, rate, note):
-        if rate is None:
-            return f"| {kind} | {label} | | | | | {note} |"
-        tflops = rate * flops / 1e12
-        ratio = f"{rate / base_rate:.2f}x" if base_rate else ""
-        return f"| {kind} | {label} | {rate:,.1f} | {tflops:.3f} | {100 * tflops / peak:.1f}% | {ratio} | {note} |"
-
-    device_name = torch.cuda.get_device_name(device) if gpu else "CPU"
-    text = "\n".join([
-        f"levers for {args.arch} on {device_name} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
-        f"{flops / 1e9:.3f} GFLOP/eval; network only, {args.seconds:g} s per row; matmul peak {peak:.2f} TFLOP/s "
-        f"({str(peak_dtype).replace('torch.', '')})",
-        "",
-        "| lever | setting | evaluations/s | TFLOP/s | % of peak | vs base | note |",
-        "|---|---|---|---|---|---|---|",
-        *(line(*row) for row in rows),
-        "",
-        f"batch_size='auto' picks {auto.describe()}",
-        f"sweep time {time.perf_counter() - began:.0f} s",
-    ])
+    try:
+        measure(backend, base, x0, conditions, args.seconds)  # warm-up: allocator, kernel choice, caches
+        for kind, setting in one_at_a_time:
+            run(kind, setting)
+        base_rate = rates.get(base)
+        if base_rate:
+            # Every lever that beat the base by 3% or more, together.
+            best = base
+            paid = [(s, r) for s, r in rates.items() if r >= 1.03 * base_rate]
+            for field in ("batch", "dtype", "channels_last", "attention", "compile_mode"):
+                winners = [s for s, r in sorted(paid, key=lambda p: -p[1]) if getattr(s, field) != getattr(base, field)]
+                if winners:
+                    best = replace(best, **{field: getattr(winners[0], field)})
+            if best != base:
+                run("combined", best)
+        footer.append(f"batch_size='auto' picks {batch_size_for_backend(backend, x0, conditions).describe()}")
+    except KeyboardInterrupt:  # `timeout --signal=INT` or Ctrl-C: report what was measured
+        footer.append("interrupted: the rows above are what finished")
+    text = table()
     report(text, args.out)
     return 0
 
