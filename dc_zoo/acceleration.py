@@ -22,9 +22,12 @@ from .backends.base import DiffusionBackend
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["optimize_backend", "denoising_network", "uncompiled", "ATTENTION_KERNELS"]
+__all__ = ["optimize_backend", "denoising_network", "uncompiled", "ATTENTION_KERNELS", "COMPILE_MODES"]
 
 _NETWORK_ATTRS = ("unet", "transformer", "model")
+
+# torch.compile's modes (None = "default"); the CUDA-graph ones need the engine's padded, static batches.
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # torch's scaled_dot_product_attention kernels by the names users pass (None: torch's own pick).
 ATTENTION_KERNELS = {
@@ -116,8 +119,10 @@ def optimize_backend(backend: DiffusionBackend, *, channels_last: bool = False, 
         tf32: allow TF32 matmuls on Ampere+ GPUs for float32 models.
 
     Raises:
-        ValueError: an unknown attention kernel name.
+        ValueError: an unknown attention kernel name or compile mode.
     """
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"Unknown compile_mode {compile_mode!r}; choose one of {COMPILE_MODES}.")
     if attention is not None and attention not in ATTENTION_KERNELS:
         raise ValueError(f"Unknown attention kernel {attention!r}; choose one of {sorted(ATTENTION_KERNELS)} "
                          "or None (torch's choice).")

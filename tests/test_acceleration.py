@@ -85,9 +85,11 @@ def test_pinned_attention_under_torch_compile():
     torch.testing.assert_close(out.candidate_errors, default.candidate_errors, rtol=1e-5, atol=1e-6)
 
 
-def test_unknown_attention_kernel_is_refused():
+def test_unknown_attention_kernel_or_compile_mode_is_refused():
     with pytest.raises(ValueError, match="Unknown attention kernel 'fast'.*cudnn.*efficient.*flash.*math"):
         optimize_backend(mlp_backend(), attention="fast")
+    with pytest.raises(ValueError, match="Unknown compile_mode 'turbo'.*reduce-overhead"):
+        optimize_backend(mlp_backend(), compile=True, compile_mode="turbo")
 
 
 def test_compiled_network_is_traced_once_for_a_whole_run():

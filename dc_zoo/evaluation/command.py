@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from .._hub import ZooHubError
-from ..acceleration import ATTENTION_KERNELS
+from ..acceleration import ATTENTION_KERNELS, COMPILE_MODES
 from ..cli import batch_size_type
 from ..losses import LOSSES
 from .distributed import RankFailedError
@@ -85,11 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="NHWC memory format for the UNet (speed; fixed for a run, like the levers below)")
     run.add_argument("--compile", action="store_true", help="torch.compile the denoising network (eager fallback)")
     run.add_argument("--compile-mode", "--compile_mode", dest="compile_mode", default=None,
-                     choices=["default", "reduce-overhead", "max-autotune"],
-                     help="with --compile: reduce-overhead adds CUDA graphs, max-autotune also tunes kernels")
+                     choices=[m for m in COMPILE_MODES if m],
+                     help="implies --compile: reduce-overhead adds CUDA graphs, max-autotune also tunes kernels")
     run.add_argument("--attention", default=None, choices=sorted(ATTENTION_KERNELS),
                      help="pin one scaled-dot-product attention kernel (default: torch's choice)")
     run.add_argument("--tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs for float32 models")
+    run.add_argument("--prefetch", type=int, default=2,
+                     help="chunks read and preprocessed ahead on a background thread (0: on the main thread)")
     run.add_argument("--dist-timeout-hours", dest="dist_timeout_hours", type=float, default=24.0,
                      help="how long ranks wait for the slowest one at the end")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -115,7 +117,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         n_trials=args.n_trials, batch_size=args.batch_size, image_batch_size=args.image_batch_size,
         templates=args.templates, dtype=args.dtype, device=args.device, limit=args.limit, download=args.download,
         language=args.language, channels_last=args.channels_last, compile=args.compile, tf32=args.tf32,
-        compile_mode=args.compile_mode, attention=args.attention,
+        compile_mode=args.compile_mode, attention=args.attention, prefetch=args.prefetch,
         progress=args.progress, dist_timeout_hours=args.dist_timeout_hours,
     )
 
