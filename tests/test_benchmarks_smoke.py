@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import levers  # noqa: E402
@@ -23,6 +25,7 @@ def test_tiny_throughput_benchmark_prints_its_table(tmp_path, capsys):
     assert text in capsys.readouterr().out
 
 
+@pytest.mark.filterwarnings("ignore:WebDataset\\(shardshuffle")  # clip_benchmark's reader; not ours to fix
 def test_loading_benchmark_prints_its_table(tmp_path, capsys):
     out = tmp_path / "loading.md"
     assert loading.main(["--images", "3", "--repeats", "1", "--out", str(out)]) == 0
