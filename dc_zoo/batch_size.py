@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch.utils._pytree import tree_map
 
 from .backends.base import DiffusionBackend
-from .engine import is_out_of_memory
+from .engine import is_out_of_memory, num_conditions, select_conditions
 
 logger = logging.getLogger(__name__)
 
@@ -130,16 +129,13 @@ def batch_size_for_backend(backend: DiffusionBackend, x0: torch.Tensor, conditio
     n = int(x0.shape[0])
     timestep = backend.schedule.model_timestep(
         torch.tensor([backend.schedule.num_train_timesteps // 2], device=x0.device))
-    leaves = [x for x in torch.utils._pytree.tree_leaves(conditions) if isinstance(x, torch.Tensor)]
-    n_conditions = int(leaves[0].shape[0])
+    n_conditions = num_conditions(conditions)
     dtype = backend.dtype
 
     def forward(batch: int) -> None:
         rows = torch.arange(batch, device=x0.device)
-        x_t = x0.index_select(0, rows % n).to(dtype)
-        picked = tree_map(lambda x: x.index_select(0, (rows % n_conditions).to(x.device))
-                          if isinstance(x, torch.Tensor) else x, conditions)
-        backend.denoise(x_t, timestep.expand(batch), picked)
+        x_t = x0.index_select(0, rows % n).to(dtype).contiguous()
+        backend.denoise(x_t, timestep.expand(batch), select_conditions(conditions, rows % n_conditions))
 
     with uncompiled(backend), torch.inference_mode():
         result = search_batch_size(forward, device=x0.device, **search)

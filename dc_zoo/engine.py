@@ -27,7 +27,8 @@ from .timestep_plan import TimestepPlan, validate_stages
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["score_candidates", "EngineResult", "NonFiniteScoreError", "make_noise", "num_conditions", "is_out_of_memory"]
+__all__ = ["score_candidates", "EngineResult", "NonFiniteScoreError", "make_noise", "num_conditions", "is_out_of_memory",
+           "select_conditions"]
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
@@ -91,7 +92,8 @@ def _mean_errors(timestep_errors: torch.Tensor) -> torch.Tensor:
     return torch.nansum(timestep_errors, dim=(2, 3)) / counts
 
 
-def _select(conditions: Any, index: torch.Tensor) -> Any:
+def select_conditions(conditions: Any, index: torch.Tensor) -> Any:
+    """The candidates ``index`` of a conditioning pytree (rows of each tensor leaf)."""
     return tree_map(lambda x: x.index_select(0, index) if isinstance(x, torch.Tensor) else x, conditions)
 
 
@@ -123,7 +125,7 @@ def _evaluate_items(denoise, schedule, x0, noise, conditions, plan_t, img, cand,
             if model_dtype is not None:
                 x_t = x_t.to(model_dtype)
             x_t = x_t.contiguous()  # one memory layout for every batch: a compiled network is not re-traced
-            prediction = denoise(x_t, schedule.model_timestep(t), _select(conditions, cand[index]))
+            prediction = denoise(x_t, schedule.model_timestep(t), select_conditions(conditions, cand[index]))
             batch_errors = per_sample_error(prediction, schedule.target(clean, eps, t), loss)
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not is_out_of_memory(err) or B == 1:
