@@ -57,7 +57,7 @@ setup(
         "pillow>=9",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn>=1.3", "scikit-image>=0.21", "webdataset>=0.2"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "scikit-learn>=1.3", "scikit-image>=0.21", "webdataset>=0.2"],
         "train": ["scikit-learn>=1.3"],
         "winoground": ["datasets>=2.14"],
     },

@@ -8,6 +8,7 @@ from .candidates import CandidateSet
 from .classifier import DiffusionClassifier
 from .config import PreprocessConfig, ScoringConfig
 from .engine import EngineResult, NonFiniteScoreError, score_candidates
+from .image_io import ImageInputError, ImageReadError
 from .noise import sample_noise
 from .noise_schedules import DiscreteDiffusionSchedule, FlowMatchingSchedule, schedule_from_scheduler
 from .outputs import ClassificationOutput
@@ -22,6 +23,7 @@ __all__ = [
     "create_model", "list_models", "get_entry",
     "DiffusionClassifier", "ClassificationOutput", "ScoringConfig", "PreprocessConfig",
     "TimestepPlan", "CandidateSet", "score_candidates", "EngineResult", "NonFiniteScoreError",
+    "ImageInputError", "ImageReadError",
     "sample_noise", "DiscreteDiffusionSchedule", "FlowMatchingSchedule", "schedule_from_scheduler",
     "DiffusionBackend", "StableDiffusionBackend", "DiTBackend", "DenoiserBackend",
 ]

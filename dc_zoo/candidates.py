@@ -8,11 +8,13 @@ linearly with the number of prompts per class, so one template per class is the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+import hashlib
+from typing import Any, Mapping, Sequence
 
 import torch
+from torch.utils._pytree import tree_leaves
 
-__all__ = ["CandidateSet", "format_template", "ranking_logits"]
+__all__ = ["CandidateSet", "format_template", "ranking_logits", "check_distinct_conditions"]
 
 
 def format_template(template: str, classname: str) -> str:
@@ -28,6 +30,10 @@ def _check_names(names: Sequence[str]) -> list[str]:
     names = [str(n) for n in names]
     if not names:
         raise ValueError("The class list is empty; give at least two class names or labels.")
+    blank = [i for i, n in enumerate(names) if not n.strip()]
+    if blank:
+        raise ValueError(f"Class name {blank[0]} is empty ({names[blank[0]]!r}; classes {names}): every class needs a "
+                         "name that its prompt can describe.")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"Duplicate class names {dupes}: each class must appear once; merge or rename them.")
@@ -85,6 +91,10 @@ class CandidateSet:
                 rows = [rows]
             if not rows:
                 raise ValueError(f"Class {name!r} has no prompts.")
+            empty = [r for r in rows if not isinstance(r, str) or not r.strip()]
+            if empty:
+                raise ValueError(f"Class {name!r} has an empty or non-text prompt {empty[0]!r}; give each prompt as "
+                                 "a non-empty string.")
             conditions.extend(rows)
             index.extend([k] * len(rows))
         return cls(tuple(conditions), tuple(index), tuple(names))
@@ -123,3 +133,32 @@ class CandidateSet:
         best = torch.full((N, K), len(self), device=logits.device, dtype=torch.long)
         best = best.scatter_reduce(1, index.expand(N, -1), masked, reduce="amin")
         return candidate_errors.gather(1, best), stage_reached.gather(1, best), best
+
+
+def check_distinct_conditions(conditions: Any, candidates: CandidateSet) -> None:
+    """Refuse two classes whose encoded conditions are identical (e.g. prompts that differ only
+    after the text encoder's token limit): they would tie on every error, the tie broken by
+    list order, so the prediction between them would mean nothing.
+
+    Raises:
+        ValueError: naming both classes and their conditions.
+    """
+    leaves = [x for x in tree_leaves(conditions) if isinstance(x, torch.Tensor)]
+    if not leaves:
+        return
+    seen: dict[bytes, int] = {}
+    for j in range(len(candidates)):
+        digest = hashlib.sha256()
+        for leaf in leaves:
+            row = leaf[j].detach().cpu().contiguous()
+            digest.update(str(row.dtype).encode() + row.view(-1).view(torch.uint8).numpy().tobytes()
+                          if row.numel() else b"")
+        first = seen.setdefault(digest.digest(), j)
+        if first != j and candidates.class_index[first] != candidates.class_index[j]:
+            a, b = candidates.class_index[first], candidates.class_index[j]
+            raise ValueError(
+                f"Classes {candidates.class_names[a]!r} and {candidates.class_names[b]!r} have identical encoded "
+                f"conditions ({candidates.conditions[first]!r} and {candidates.conditions[j]!r}): they would score "
+                "the same on every image. If these are prompts, they probably differ only after the text "
+                "encoder's token limit (see the warning above): make them differ earlier or shorten them."
+            )

@@ -16,13 +16,14 @@ import torch
 
 from .backends.base import DiffusionBackend
 from .batch_size import AUTO, BatchSizeSearch, batch_size_for_backend
-from .candidates import CandidateSet, ranking_logits
+from .candidates import CandidateSet, check_distinct_conditions, ranking_logits
 from .config import PreprocessConfig, ScoringConfig
 from .engine import EngineResult, NonFiniteScoreError, score_candidates
 from .noise import image_key
 from .outputs import ClassificationOutput
 from .prefetch import Prefetcher, pin_for
-from .preprocess import as_image_list, to_pixels
+from .image_io import ImageInputError
+from .preprocess import as_image_list, check_finite_pixels, to_pixels, validate_images
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,9 @@ class DiffusionClassifier:
         key = (tuple(candidates.conditions), self.backend.device, self.backend.dtype)
         if key not in self._condition_cache:
             self._condition_cache.clear()
-            self._condition_cache[key] = self.backend.encode_conditions(list(candidates.conditions))
+            conditions = self.backend.encode_conditions(list(candidates.conditions))
+            check_distinct_conditions(conditions, candidates)
+            self._condition_cache[key] = conditions
         return self._condition_cache[key]
 
     # ------------------------------------------------------------------ scoring
@@ -171,9 +174,10 @@ class DiffusionClassifier:
         Raises:
             NonFiniteScoreError: carries ``.completed`` (outputs of the chunks finished before).
         """
+        if sample_keys is not None and len(sample_keys) != pixels.shape[0]:
+            raise ValueError(f"Got {len(sample_keys)} sample_keys for {pixels.shape[0]} images.")
+        check_finite_pixels(pixels, sample_keys)  # before any network call; content keys need finite pixels
         keys = list(sample_keys) if sample_keys is not None else [image_key(p) for p in pixels]
-        if len(keys) != pixels.shape[0]:
-            raise ValueError(f"Got {len(keys)} sample_keys for {pixels.shape[0]} images.")
         outputs: list[ClassificationOutput] = []
         for lo in range(0, len(keys), self.image_batch_size):
             hi = lo + self.image_batch_size
@@ -193,11 +197,13 @@ class DiffusionClassifier:
                  scoring: ScoringConfig | None = None,
                  progress: bool = False,
                  return_timestep_errors: bool = False,
-                 prefetch: int = 2) -> ClassificationOutput:
+                 prefetch: int = 2,
+                 value_range: tuple[float, float] | None = None) -> ClassificationOutput:
         """Classify images against class names / labels or explicit prompts.
 
         Args:
-            images: PIL images, numpy arrays, a ``[B, 3, H, W]`` tensor or a list of them.
+            images: file paths, PIL images, numpy arrays (``HWC``), a ``[B, C, H, W]`` tensor or a
+                list of them. ``uint8`` pixels are 0..255, floats 0..1 (see ``dc_zoo.preprocess``).
             classes: class names (text models) or labels/names (class-conditional models).
             prompts: alternatively ``{class_name: [prompt, ...]}`` (each prompt a candidate).
             templates: prompt templates for ``classes`` (default: the classifier's).
@@ -209,11 +215,18 @@ class DiffusionClassifier:
             return_timestep_errors: keep the per-(candidate, timestep) errors.
             prefetch: chunks preprocessed ahead on a background thread while one is scored
                 (``dc_zoo.prefetch``); 0 preprocesses on the calling thread.
+            value_range: ``(low, high)`` of array / tensor pixels when not their dtype's default,
+                e.g. ``(-1, 1)`` for diffusers-style tensors or ``(0, 255)`` for floats in 0..255.
 
         Returns:
             A ``ClassificationOutput``.
 
         Raises:
+            dc_zoo.ImageInputError: an image that cannot be used as given, named by position and
+                path or key (missing or damaged file, values outside the range, NaN/inf). Paths,
+                layouts and value ranges are checked before any network call; a file that cannot
+                be decoded stops the call at its chunk, with ``.completed`` holding the outputs
+                of the images before it.
             NonFiniteScoreError: carries ``.completed`` (outputs of the images finished before).
         """
         scoring = scoring or self.scoring
@@ -225,6 +238,7 @@ class DiffusionClassifier:
             raise ValueError(f"Got {len(sample_keys)} sample_keys for {len(items)} images.")
         if labels is not None and len(labels) != len(items):
             raise ValueError(f"Got {len(labels)} labels for {len(items)} images.")
+        validate_images(items, value_range=value_range, names=sample_keys)
         outputs: list[ClassificationOutput] = []
         bar = None
         if progress:
@@ -234,10 +248,13 @@ class DiffusionClassifier:
         correct, done, start = 0, 0, time.perf_counter()
 
         def prepare(lo: int) -> tuple[int, torch.Tensor]:  # runs on the read-ahead thread
-            pixels = to_pixels(items[lo : lo + self.image_batch_size], self.preprocess)
+            hi = lo + self.image_batch_size
+            names = sample_keys[lo:hi] if sample_keys is not None else None
+            pixels = to_pixels(items[lo:hi], self.preprocess, value_range=value_range, names=names, start=lo)
             return lo, pin_for(pixels, self.backend.device)
 
         try:
+            # Errors of a chunk (a file that cannot be decoded) arrive after the chunks before it.
             with Prefetcher(range(0, len(items), self.image_batch_size), prepare, ahead=prefetch,
                             name="dc-zoo-classify-read") as ready:
                 for lo, pixels in ready:
@@ -245,6 +262,8 @@ class DiffusionClassifier:
                     keys = sample_keys[lo : lo + n] if sample_keys is not None else None
                     try:
                         out = self.classify_pixels(pixels, candidates, keys, scoring, return_timestep_errors)
+                    except ImageInputError as err:
+                        raise err.at(lo + (err.index or 0)) from None
                     except NonFiniteScoreError as err:
                         err.completed = _concat(outputs) if outputs else None
                         raise
@@ -258,6 +277,9 @@ class DiffusionClassifier:
                         postfix["s/img"] = f"{(time.perf_counter() - start) / done:.2f}"
                         bar.set_postfix(postfix)
                         bar.update(n)
+        except ImageInputError as err:
+            err.completed = _concat(outputs) if outputs else None
+            raise
         finally:
             if bar is not None:
                 bar.close()

@@ -52,13 +52,26 @@ class ScoringConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes kept in results
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "n_samples", tuple(self.n_samples))
-        object.__setattr__(self, "to_keep", tuple(self.to_keep))
-        if self.loss not in LOSSES:
+        object.__setattr__(self, "n_samples", _stage_tuple("n_samples", self.n_samples))
+        object.__setattr__(self, "to_keep", _stage_tuple("to_keep", self.to_keep))
+        if len(self.n_samples) != len(self.to_keep):
+            raise ValueError(
+                f"n_samples {self.n_samples} and to_keep {self.to_keep} must have the same length: stage k evaluates "
+                "n_samples[k] timesteps and then keeps to_keep[k] candidates."
+            )
+        if self.to_keep[-1] != 1:
+            raise ValueError(f"The last to_keep must be 1 (the prediction is the single survivor), got {self.to_keep}.")
+        if any(b > a for a, b in zip(self.to_keep, self.to_keep[1:])):
+            raise ValueError(f"to_keep must not increase from one stage to the next, got {self.to_keep}.")
+        if not isinstance(self.loss, str) or self.loss not in LOSSES:
             raise ValueError(f"Unknown loss {self.loss!r}; choose one of {LOSSES}.")
-        if int(self.n_trials) < 1:
-            raise ValueError(f"n_trials must be at least 1, got {self.n_trials}.")
+        object.__setattr__(self, "n_trials", _positive_int("n_trials", self.n_trials))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}.")
+        object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size))
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be a dict of notes, got {type(self.extra).__name__}.")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -66,9 +79,30 @@ class ScoringConfig:
         return d
 
 
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _stage_tuple(name: str, value: Any) -> tuple[int, ...]:
+    """One stage as a bare integer (``n_samples=50, to_keep=1``) or a sequence of positive integers."""
+    values = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{name} must be a positive integer or a sequence of them, e.g. {name}=(50, 500); "
+                         f"got {value!r}.")
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"{name} must list at least one stage, e.g. n_samples=(50, 500), to_keep=(5, 1).")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral) or int(v) < 1]
+    if bad:
+        raise ValueError(f"{name} must hold positive integers, got {values}.")
+    return tuple(int(v) for v in values)
+
+
 def parse_batch_size(value: Any) -> int | str:
     """``"auto"``, or a positive integer from an int, a numpy integer or a digit string (``--batch-size 64``)."""
-    if value == "auto":
+    if isinstance(value, str) and value == "auto":
         return "auto"
     if isinstance(value, bool) or not (isinstance(value, numbers.Integral) or (isinstance(value, str) and value.isdigit())):
         raise ValueError(f"batch_size must be a positive integer or 'auto', got {value!r}.")

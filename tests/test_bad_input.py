@@ -32,8 +32,9 @@ IMAGE = torch.rand(3, 16, 16)
         (dict(classes=["a", 3]), TypeError, "class names"),
         (dict(classes=["a", "b", "c"], scoring=dc_zoo.ScoringConfig(n_samples=(2, 4), to_keep=(5, 1))),
          ValueError, "keeps more candidates than the 3"),
-        (dict(classes=["a", "b"], scoring=dc_zoo.ScoringConfig(n_samples=(2, 4), to_keep=(1,))),
-         ValueError, "same length"),
+        (dict(classes=["zero", ""]), ValueError, "Class name 1 is empty"),
+        (dict(classes=["zero", "  "]), ValueError, "Class name 1 is empty"),
+        (dict(prompts={"a": ["x"], "b": [""]}), ValueError, "empty or non-text prompt"),
     ],
 )
 def test_bad_candidates_and_schedules(clf, kwargs, error, message):
@@ -46,15 +47,27 @@ def test_bad_candidates_and_schedules(clf, kwargs, error, message):
     [
         (torch.rand(16, 16), ValueError, "rank 3"),
         (torch.rand(1, 1, 3, 16, 16), ValueError, "rank 3"),
-        (torch.randint(0, 5, (3, 16, 16), dtype=torch.int64), TypeError, "uint8"),
+        (torch.randint(0, 5, (3, 16, 16), dtype=torch.int64), ValueError, r"integer dtype int64.*value_range"),
         (torch.rand(2, 16, 16), ValueError, "1, 3 or 4 channels"),
+        (torch.rand(16, 16, 3), ValueError, r"channels-last: use \.permute\(2, 0, 1\)"),
         ([], ValueError, "No images"),
-        ("cat.png", TypeError, "Expected PIL images"),
+        ("cat.png", ValueError, r"image 0 \('cat.png'\): does not exist"),
+        ([IMAGE, 3], TypeError, r"image 1: is a int"),
     ],
 )
 def test_bad_images(clf, images, error, message):
     with pytest.raises(error, match=message):
         clf.classify(images, ["a", "b"])
+
+
+def test_bad_config_values_are_refused_when_built():
+    with pytest.raises(ValueError, match="same length"):
+        dc_zoo.ScoringConfig(n_samples=(2, 4), to_keep=(1,))
+    assert dc_zoo.ScoringConfig(n_samples=50, to_keep=1).n_samples == (50,)  # one stage as bare integers
+    with pytest.raises(ValueError, match="n_samples must be a positive integer or a sequence"):
+        dc_zoo.ScoringConfig(n_samples="50", to_keep=1)
+    with pytest.raises(ValueError, match="last to_keep must be 1"):
+        dc_zoo.ScoringConfig(n_samples=(5, 10), to_keep=(2, 2))
 
 
 def test_bad_config_values():

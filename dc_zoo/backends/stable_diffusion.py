@@ -8,6 +8,7 @@ tokenizer's 77 tokens and encoded once; no classifier-free guidance (w = 0 was b
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import torch
@@ -17,7 +18,29 @@ from ..noise_schedules import schedule_from_scheduler
 from .base import DiffusionBackend
 from .latent import encode_with_vae
 
-__all__ = ["StableDiffusionBackend"]
+__all__ = ["StableDiffusionBackend", "warn_truncated_prompts"]
+
+logger = logging.getLogger(__name__)
+
+
+def warn_truncated_prompts(tokenizer, prompts: Sequence[str]) -> list[str]:
+    """Warn once per call, as diffusers pipelines do, naming the prompts the text encoder will cut.
+
+    The text encoder sees ``tokenizer.model_max_length`` tokens (77 for SD's CLIP, 16 for the
+    digits miniature) including the start and end tokens; words past them are ignored.
+
+    Returns:
+        The prompts that are too long.
+    """
+    limit = int(tokenizer.model_max_length)
+    lengths = [len(ids) for ids in tokenizer(list(prompts), truncation=False).input_ids]
+    long = [(p, n) for p, n in zip(prompts, lengths) if n > limit]
+    if long:
+        shown = "; ".join(f"{p!r} ({n} tokens)" for p, n in long[:5])
+        more = f" and {len(long) - 5} more" if len(long) > 5 else ""
+        logger.warning("%d prompt(s) are longer than the text encoder's limit of %d tokens and will be truncated "
+                       "(the words past the limit do not count): %s%s", len(long), limit, shown, more)
+    return [p for p, _ in long]
 
 
 class StableDiffusionBackend(DiffusionBackend):
@@ -54,6 +77,7 @@ class StableDiffusionBackend(DiffusionBackend):
             raise TypeError(
                 f"Stable Diffusion candidates are prompts (str); got {type(bad[0]).__name__} {bad[0]!r}."
             )
+        warn_truncated_prompts(self.tokenizer, prompts)
         device = next(self.text_encoder.parameters()).device
         use_mask = bool(getattr(self.text_encoder.config, "use_attention_mask", False))
         out = []
