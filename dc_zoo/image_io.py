@@ -15,6 +15,7 @@ A file that cannot be read raises ``ImageReadError``, which names the file and t
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageInputError", "ImageReadError", "check_image_file", "load_image", "to_rgb", "is_image_path", "image_files_in",
+__all__ = ["ImageInputError", "ImageReadError", "check_image_file", "load_image", "decode_image_bytes", "to_rgb", "is_image_path", "image_files_in",
            "IMAGE_EXTENSIONS"]
 
 # File name endings PIL can open (jpg, png, webp, tif, bmp, gif, ...), lower case with the dot.
@@ -96,20 +97,35 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         ImageReadError: naming the file and why it cannot be read.
     """
     p = check_image_file(path)
+    return _decode(p, str(path))
+
+
+def decode_image_bytes(data: bytes, name: Any = None) -> Image.Image:
+    """``load_image`` for an image held in memory (a WebDataset sample's bytes).
+
+    Raises:
+        ImageReadError: naming ``name`` and why the bytes cannot be decoded.
+    """
+    if not data:
+        raise ImageReadError("is empty (0 bytes); the file was not written completely: copy it again.", name=name)
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: Any, name: Any) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as image:
+            with Image.open(source) as image:
                 image.load()
                 return ImageOps.exif_transpose(image) if _has_orientation(image) else image.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageReadError(
             f"declares more pixels than PIL's safety limit of {Image.MAX_IMAGE_PIXELS:,} ({err}); it may be a "
-            "decompression bomb. If you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS.", name=str(path)) from None
+            "decompression bomb. If you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS.", name=name) from None
     except UnidentifiedImageError:
-        raise ImageReadError("is not an image file PIL can read (unknown or damaged format).", name=str(path)) from None
+        raise ImageReadError("is not an image file PIL can read (unknown or damaged format).", name=name) from None
     except (OSError, SyntaxError, ValueError) as err:  # truncated data, bad chunks, unsupported modes
-        raise ImageReadError(f"is damaged or truncated ({err}); copy or export it again.", name=str(path)) from None
+        raise ImageReadError(f"is damaged or truncated ({err}); copy or export it again.", name=name) from None
 
 
 def _has_orientation(image: Image.Image) -> bool:

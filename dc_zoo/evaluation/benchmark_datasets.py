@@ -5,6 +5,12 @@ clip_benchmark's ``build_dataset`` itself so a new clip_benchmark release brings
 datasets. Images are taken untransformed (PIL): the diffusion model's entry owns its
 preprocessing. Before any work starts the name, the task and the root are checked, and the
 errors say what is expected where.
+
+A local WebDataset (``wds/<name>`` with a folder as root) is read here, shard by shard, in the
+order and with the sample grouping of clip_benchmark's reader (webdataset's), but each image is
+decoded on its own: a corrupt or empty image becomes an ``UnreadableSample`` in its place (shard,
+key, reason), recorded as a failed sample, instead of a ``DecodingError`` that ends the stream
+and the run. Every other sample keeps its index.
 """
 from __future__ import annotations
 
@@ -13,15 +19,17 @@ import inspect
 import logging
 import re
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ..image_io import ImageReadError, decode_image_bytes
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["BenchmarkDataset", "known_dataset_names", "check_dataset_name", "check_dataset_root",
-           "load_benchmark_dataset"]
+__all__ = ["BenchmarkDataset", "UnreadableSample", "known_dataset_names", "check_dataset_name", "check_dataset_root",
+           "load_benchmark_dataset", "read_local_wds"]
 
 # Families whose members are named by the user (wds/<name>, tfds/<name>): any suffix is valid.
 _OPEN_PREFIXES = ("wds/", "tfds/")
@@ -136,11 +144,91 @@ def _count_wds_samples(shards: Sequence[Path]) -> int:
         keys = set()
         with tarfile.open(shard) as tar:
             for member in tar:
-                key, _, ext = member.name.rpartition(".")
-                if ext.lower() in _IMAGE_EXTENSIONS:
-                    keys.add(key)
+                match = _KEY_AND_SUFFIX.match(member.name) if member.isreg() else None
+                if match and match.group(2).lower() in _IMAGE_EXTENSIONS and not _META.match(member.name):
+                    keys.add(match.group(1))
         total += len(keys)
     return total
+
+
+@dataclass(frozen=True)
+class UnreadableSample:
+    """Stands in for a sample's image that could not be decoded: the sample is recorded as failed.
+
+    Attributes:
+        shard: the shard, relative to the dataset root (the same wherever the dataset is moved).
+        key: the sample's key in the shard.
+        reason: why its image could not be decoded.
+    """
+
+    shard: str
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.shard}:{self.key}: {self.reason}"
+
+
+# webdataset's grouping (tariterators.base_plus_ext): the key ends at the first dot of the file name.
+_KEY_AND_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+_META = re.compile(r"__[^/]*__($|/)")
+
+
+def _tar_samples(shard: Path) -> Iterator[dict[str, Any]]:
+    """The samples of one shard as webdataset groups them: consecutive files with one key."""
+    current: dict[str, Any] | None = None
+    try:
+        with tarfile.open(shard, mode="r|*") as tar:
+            for member in tar:
+                if not member.isreg() or _META.match(member.name) or (
+                        "/" not in member.name and member.name.startswith("__") and member.name.endswith("__")):
+                    continue
+                match = _KEY_AND_SUFFIX.match(member.name)
+                if not match:
+                    continue
+                key, suffix = match.group(1), match.group(2).lower()
+                data = tar.extractfile(member).read()
+                if current is None or key != current["__key__"]:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key}
+                current.setdefault(suffix, data)
+    except tarfile.TarError as err:
+        after = f" after sample {current['__key__']!r}" if current else ""
+        raise ValueError(f"Shard {shard} is damaged{after} ({err}): re-create it (the samples it holds cannot be "
+                         "read).") from None
+    if current is not None:
+        yield current
+
+
+def _decode_reason(err: ImageReadError) -> str:
+    """The reason, naming no memory address (records must not depend on the process)."""
+    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the image data", err.reason)
+
+
+def read_local_wds(root: Path, shards: Sequence[Path]) -> Iterator[tuple[Any, int]]:
+    """``(PIL image or UnreadableSample, label)`` for every sample of local shards, in order.
+
+    Raises:
+        ValueError: a sample without a readable ``.cls`` label, or a damaged tar (named).
+    """
+    for shard in shards:
+        where = shard.relative_to(root).as_posix() if shard.is_relative_to(root) else str(shard)
+        for sample in _tar_samples(shard):
+            ext = next((e for e in _IMAGE_EXTENSIONS if e in sample), None)
+            if ext is None:  # not counted as a sample either (_count_wds_samples)
+                continue
+            key = sample["__key__"]
+            try:
+                label = int(sample["cls"])
+            except (KeyError, ValueError):
+                raise ValueError(f"{shard}: sample {key!r} has no readable .cls label (an integer class index); "
+                                 "fix or remove that sample.") from None
+            try:  # the same decoding as classify() and dc-zoo classify (dc_zoo.image_io)
+                image = decode_image_bytes(sample[ext])
+            except ImageReadError as err:  # a decoding failure is this sample's, not the run's
+                image = UnreadableSample(where, f"{key}.{ext}", _decode_reason(err))
+            yield image, label
 
 
 @dataclass
@@ -154,6 +242,8 @@ class BenchmarkDataset:
         templates: clip_benchmark's templates for it (list with ``{c}``, or class-specific dict).
         size: number of samples in the split.
         source: the object clip_benchmark built.
+        wds_root, wds_shards: a local WebDataset's root and shards, read sample by sample
+            (``read_local_wds``) so that one corrupt image fails alone.
     """
 
     name: str
@@ -162,9 +252,11 @@ class BenchmarkDataset:
     templates: Any
     size: int
     source: Any
+    wds_root: Path | None = None
+    wds_shards: tuple[Path, ...] = field(default_factory=tuple)
 
     def samples(self, indices: Sequence[int]) -> Iterator[tuple[int, Any, int]]:
-        """``(index, PIL image, label)`` for ``indices`` (ascending), in that order."""
+        """``(index, PIL image or UnreadableSample, label)`` for ``indices`` (ascending), in that order."""
         wanted = sorted(set(int(i) for i in indices))
         if not wanted:
             return
@@ -174,8 +266,9 @@ class BenchmarkDataset:
                 yield i, image, int(label)
             return
         # A stream (WebDataset): read in order, keep the wanted ones, stop after the last.
+        stream = read_local_wds(self.wds_root, self.wds_shards) if self.wds_shards else self.source
         position, i = 0, -1
-        for i, (image, label) in enumerate(self.source):
+        for i, (image, label) in enumerate(stream):
             if i == wanted[position]:
                 yield i, image, int(label)
                 position += 1
@@ -210,8 +303,10 @@ def load_benchmark_dataset(name: str, root: str, split: str = "test", download: 
     if not classes:
         raise ValueError(f"Dataset {name!r} came without class names; zero-shot classification needs them "
                          "(for a WebDataset: classnames.txt in the root).")
+    wds_shards: tuple[Path, ...] = ()
     if name.startswith("wds/") and not _is_url(root):
-        size = _count_wds_samples(_wds_shards(Path(root), split))
+        wds_shards = tuple(_wds_shards(Path(root), split))
+        size = _count_wds_samples(wds_shards)
     elif hasattr(source, "__len__"):
         size = len(source)
     else:
@@ -220,4 +315,5 @@ def load_benchmark_dataset(name: str, root: str, split: str = "test", download: 
         raise ValueError(f"Dataset {name!r} split {split!r} under {root} is empty.")
     logger.info("dataset %s/%s: %d samples, %d classes", name, split, size, len(classes))
     return BenchmarkDataset(name=name, split=split, classes=classes, templates=getattr(source, "templates", None),
-                            size=size, source=source)
+                            size=size, source=source, wds_root=Path(root) if wds_shards else None,
+                            wds_shards=wds_shards)

@@ -3,6 +3,12 @@
 Run it alone, or under ``torchrun`` / ``accelerate launch`` on one or many nodes (each process
 scores its share); re-running the same command resumes. See ``scripts/slurm_eval.sh`` for a
 multi-node SLURM example.
+
+Exit status: 0 when the results are written; 2 for an error that is the input's or the
+machine's (a bad option, another configuration in the output, another launch holding the
+output's lock, a full disk): one line on stderr says what and how to fix it, no traceback,
+on every rank; 143 (128 + SIGTERM) when SIGTERM (SLURM preemption, ``scancel``) stopped the
+run between two chunks: nothing torn was written and re-running the same command resumes.
 """
 from __future__ import annotations
 
@@ -19,8 +25,9 @@ from ..cli import batch_size_type
 from ..losses import LOSSES
 from .distributed import RankFailedError
 from .identity import IdentityMismatchError
-from .result_store import StoreCorruptError
-from .run import EvalConfig, run_evaluation
+from .lock import OutputLockedError
+from .result_store import OutputWriteError, StoreCorruptError
+from .run import SIGTERM_EXIT_STATUS, EvalConfig, EvalInterrupted, run_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +46,27 @@ examples:
   torchrun --nproc-per-node 8 -m dc_zoo.evaluation --model sd-2-base --dataset cifar10 \\
       --dataset_root data/cifar10 --output results --loss l1
   accelerate launch --multi_gpu --num_processes 8 -m dc_zoo.evaluation --model sd-2-base ...  (the same)
-  (multi-node: scripts/slurm_eval.sh)"""
+  (multi-node: scripts/slurm_eval.sh)
+
+runs that fail or collide:
+  A second launch on the same --output and configuration is refused (exit 2) while the first
+  runs, naming its host, pid and start time (rank 0 holds a flock on <output>/<stem>/eval.lock;
+  a killed run holds none, so its resume is never blocked; some network filesystems do not
+  enforce flock). SIGTERM (SLURM preemption) finishes the chunk in flight, stores it whole and
+  exits with status 143: re-run the same command to resume. A full disk stops the run with one
+  line naming the folder (exit 2), nothing torn or temporary left: free space, re-run. An image
+  that cannot be decoded is recorded as a failed sample (its shard, key and reason) and counted
+  in failed_images; the run goes on. Record lines carry a CRC-32; an edited record is refused
+  naming its file and line. CPU runs record their thread count (OMP_NUM_THREADS): a resume with
+  another count is refused, since it changes the last bits of the scores.
+
+exit status: 0 done; 2 an error said in one line (bad input, refused resume, locked output,
+  disk full); 143 stopped by SIGTERM (re-run the same command to resume)."""
 
 # Errors that are the user's input, not a bug: one line, no traceback.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, PermissionError, ZooHubError, IdentityMismatchError,
-               StoreCorruptError, RankFailedError)
+# OSError covers what the machine refuses (I/O errors, a full disk); its message names the file.
+USER_ERRORS = (ValueError, KeyError, OSError, ZooHubError, IdentityMismatchError, StoreCorruptError, RankFailedError,
+               OutputLockedError, OutputWriteError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -130,10 +153,13 @@ def _configure_logging(quiet: bool) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run ``dc-zoo eval``; returns the exit status (2 for bad input, said in one line)."""
+    """Run ``dc-zoo eval``; returns the exit status (2 for bad input, said in one line; 143 after SIGTERM)."""
     _configure_logging(getattr(args, "quiet", False))
     try:
         result = run_evaluation(config_from_args(args))
+    except EvalInterrupted as err:
+        print(f"dc-zoo eval: {err}", file=sys.stderr)
+        return SIGTERM_EXIT_STATUS
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"dc-zoo eval: error: {message}", file=sys.stderr)

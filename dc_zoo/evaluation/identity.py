@@ -5,7 +5,10 @@ incomparable numbers, so every per-sample store carries this identity in its hea
 mismatch is refused field by field. The batch layout (``batch_size``, ``image_batch_size``)
 and the speed levers (channels_last, torch.compile, TF32) are part of it because they change
 scores in their last float bits: with them fixed, a resumed or re-sharded run reproduces an
-uninterrupted one bit for bit (on the same kind of device and CPU thread count). What cannot change a result
+uninterrupted one bit for bit (on the same kind of device). So is the CPU thread count of a
+run scored on the CPU (``cpu_threads``; ``None`` on a GPU): it changes the reduction order,
+hence the last bits, and ``dc-zoo eval`` (all cores) differs from ``torchrun`` (which sets
+``OMP_NUM_THREADS=1`` per process unless told otherwise). What cannot change a result
 (world size, device count, the dataset's location on disk) is deliberately left out, so a run
 may resume on other machines with another number of processes.
 """
@@ -16,7 +19,17 @@ from typing import Any
 
 __all__ = ["RunIdentity", "IdentityMismatchError", "STORE_FORMAT"]
 
-STORE_FORMAT = 2  # 2: noise keyed by image content, as classify(); bump when the record layout changes; old stores are then refused
+# Bump when the record layout changes; stores of another format are then refused.
+# 2: noise keyed by image content, as classify(); 3: a CRC-32 per record, cpu_threads in the identity.
+STORE_FORMAT = 3
+
+# How to match a stored field that the command line does not set directly.
+_HINTS = {
+    "cpu_threads": "CPU scores depend on the thread count in their last bits: run with the stored count "
+                   "(OMP_NUM_THREADS=<stored> before the command, torchrun's default is 1; "
+                   "torch.set_num_threads(<stored>) in library use)",
+    "store_format": "the store was written by another dc_zoo version, whose records this one does not read",
+}
 
 
 class IdentityMismatchError(ValueError):
@@ -44,6 +57,7 @@ class RunIdentity:
     split: str
     dataset_size: int  # samples in the split (a --limit only evaluates a prefix of them)
     speed_levers: tuple[str, ...] = ()  # channels_last / compile / tf32: they change float rounding
+    cpu_threads: int | None = None  # torch.get_num_threads() when scored on the CPU, None on a GPU
     store_format: int = STORE_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,8 +95,10 @@ class RunIdentity:
         if not diffs:
             return
         listed = "; ".join(f"{name}: stored {_short(old)}, this run {_short(new)}" for name, old, new in diffs)
+        hints = "".join(f" {name}: {_HINTS[name]}.".replace("<stored>", str(old))
+                        for name, old, _ in diffs if name in _HINTS)
         raise IdentityMismatchError(
-            f"{where} was written by a different configuration ({listed}). Resume it with the "
+            f"{where} was written by a different configuration ({listed}).{hints} Resume it with the "
             "original settings, or write this run to another --output directory."
         )
 

@@ -29,7 +29,7 @@ def records_to_logits(records: Sequence[SampleRecord]) -> torch.Tensor:
 def classification_metrics(records: Sequence[SampleRecord], num_classes: int) -> dict[str, float]:
     """``{"acc1", "acc5", "mean_per_class_recall"}`` exactly as clip_benchmark reports them.
 
-    A sample that could not be scored (non-finite network output) counts as wrong.
+    A sample that could not be read or scored (undecodable image, non-finite network output) counts as wrong.
     """
     from clip_benchmark.metrics.zeroshot_classification import accuracy
     from sklearn.metrics import balanced_accuracy_score

@@ -8,15 +8,27 @@ then scored again, with the same chunk composition, hence the same numbers. A sa
 never lost and never counted twice. Every file starts with a header holding the
 ``RunIdentity``, so a store is refused when a different configuration tries to resume it.
 
+Every record line ends with a CRC-32 of the rest of its bytes (``"crc32"``, also in the merged
+``samples.jsonl``), verified whenever a store is read: a record edited so that it still parses
+is refused, naming the file, the line and the sample, instead of being averaged in silently.
+
+A write that fails (disk full, quota, I/O error) is undone before the error is raised, so the
+file ends at its last whole chunk, and is reported as one ``OutputWriteError`` naming the file
+and the fix; ``write_atomic`` removes its temporary file when it fails. Freeing space and
+re-running the same command then resumes.
+
 Layout under the run directory: ``rank-00000.jsonl``, ``rank-00001.jsonl``, ... (the rank that
 wrote it; a resumed run with another world size simply reads them all).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
 import os
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -25,14 +37,85 @@ from .identity import IdentityMismatchError, RunIdentity
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SampleRecord", "ResultStore", "RecordWriter", "StoreCorruptError", "chunk_bounds", "complete_chunks",
-           "num_chunks", "fsync_directory", "stored_batch_size"]
+__all__ = ["SampleRecord", "ResultStore", "RecordWriter", "StoreCorruptError", "OutputWriteError", "chunk_bounds",
+           "complete_chunks", "num_chunks", "fsync_directory", "stored_batch_size", "write_atomic", "write_failure"]
 
 _HEADER_KEY = "dc_zoo_result_store"
+_CHECK_KEY = "crc32"
+_CHECK_PREFIX = b',"' + _CHECK_KEY.encode() + b'":"'
+_CHECK_SUFFIX_LEN = len(_CHECK_PREFIX) + 8 + 2  # ,"crc32":"<8 hex digits>"}
 
 
 class StoreCorruptError(RuntimeError):
     """A store file is damaged in a way a crash cannot produce (not just a torn tail)."""
+
+
+class OutputWriteError(RuntimeError):
+    """A record or result file could not be written (disk full, quota, I/O error).
+
+    What was stored before stays valid (the failed write is undone), so the fix is to free
+    space and run the same command again: it resumes.
+    """
+
+    def __init__(self, message: str, path: Path, errno_: int | None):
+        super().__init__(message)
+        self.path, self.errno = path, errno_
+
+
+def write_failure(path: str | Path, err: OSError) -> OutputWriteError:
+    """The one-line error for a failed write of ``path``: the folder, the problem, the fix."""
+    path = Path(path)
+    folder = path.parent
+    if err.errno == errno.ENOSPC:
+        problem, fix = f"no space left on the device holding {folder}", "Free space there"
+    elif err.errno == getattr(errno, "EDQUOT", -1):
+        problem, fix = f"disk quota exceeded in {folder}", "Free space (or raise the quota) there"
+    else:
+        problem, fix = f"{err.strerror or err} (in {folder})", "Fix the cause"
+    return OutputWriteError(
+        f"Could not write {path}: {problem}. {fix}, then re-run the same command to resume: the records already "
+        "stored are kept.", path, err.errno,
+    )
+
+
+def write_fully(fd: int, payload: bytes) -> None:
+    """``os.write`` until every byte is written (a nearly full disk accepts part of a write)."""
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` all at once (temp file, fsync, rename): a reader sees the old
+    file or the new one, never a part; on failure the temp file is removed and ``OutputWriteError``
+    raised."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            write_fully(fd, text.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise write_failure(path, err) from None
+    fsync_directory(path.parent)
+
+
+def _checksum(body: bytes) -> str:
+    return f"{zlib.crc32(body):08x}"
+
+
+def checksum_ok(line: bytes) -> bool:
+    """Whether a record line (without its newline) ends with the CRC-32 of the rest of it."""
+    if len(line) <= _CHECK_SUFFIX_LEN or not line.endswith(b'"}'):
+        return False
+    head, tail = line[:-_CHECK_SUFFIX_LEN], line[-_CHECK_SUFFIX_LEN:]
+    return tail.startswith(_CHECK_PREFIX) and tail[len(_CHECK_PREFIX):-2] == _checksum(head + b"}").encode()
 
 
 @dataclass(frozen=True)
@@ -46,7 +129,9 @@ class SampleRecord:
         errors: per class, the mean denoising error of its best prompt (lower is better).
         stage_reached: per class, the last adaptive stage that evaluated it.
         evaluations: network evaluations spent on this sample.
-        error: why the sample could not be scored (non-finite network output), else None.
+        error: why the sample could not be scored, else None: an unreadable image
+            (``"<shard>:<key>: <reason>"``, the shard relative to the dataset root) or a
+            non-finite network output.
     """
 
     index: int
@@ -61,7 +146,8 @@ class SampleRecord:
         d = asdict(self)
         d["errors"] = list(self.errors) if self.errors is not None else None
         d["stage_reached"] = list(self.stage_reached) if self.stage_reached is not None else None
-        return json.dumps(d, separators=(",", ":"), allow_nan=False)
+        body = json.dumps(d, separators=(",", ":"), allow_nan=False)  # ASCII: non-ASCII is escaped
+        return f'{body[:-1]},"{_CHECK_KEY}":"{_checksum(body.encode())}"}}'
 
     @classmethod
     def from_dict(cls, d: dict) -> "SampleRecord":
@@ -102,16 +188,29 @@ class RecordWriter:
 
     def __init__(self, path: Path, identity: RunIdentity, rank: int):
         self.path = path
-        new = not path.exists() or path.stat().st_size == 0
-        self._file = open(path, "ab")
-        if new:
-            self._write(header_line(identity, rank).encode())
+        try:
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        except OSError as err:
+            raise write_failure(path, err) from None
+        if os.fstat(self._fd).st_size == 0:
+            try:
+                self._write(header_line(identity, rank).encode())
+            except OutputWriteError:
+                self.close()
+                raise
             fsync_directory(path.parent)
 
     def _write(self, payload: bytes) -> None:
-        self._file.write(payload)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Append, fsync; a failed write (disk full) is cut off again so the file ends at a whole chunk."""
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            write_fully(self._fd, payload)
+            os.fsync(self._fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):  # else the next open repairs the torn tail
+                os.ftruncate(self._fd, start)
+                os.fsync(self._fd)
+            raise write_failure(self.path, err) from None
 
     def append(self, records: Sequence[SampleRecord]) -> None:
         """Write a whole chunk with one write, flush and fsync."""
@@ -119,7 +218,9 @@ class RecordWriter:
             self._write("".join(r.to_json() + "\n" for r in records).encode())
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "RecordWriter":
         return self
@@ -206,13 +307,20 @@ class ResultStore:
             if end < 0:  # no newline: the write stopped part-way
                 torn_at = offset if bad_line is None else torn_at
                 break
+            line = data[offset:end]
             try:
-                record = SampleRecord.from_dict(json.loads(data[offset:end]))
+                record = SampleRecord.from_dict(json.loads(line))
             except (ValueError, KeyError, TypeError):
                 if bad_line is None:
                     bad_line, torn_at = line_number, offset
                 offset = end + 1
                 continue
+            if not checksum_ok(line):
+                raise StoreCorruptError(
+                    f"{path} line {line_number} (sample {record.index}) does not match its checksum: the record was "
+                    "edited or the disk is damaged. Delete that line (the sample is then scored again), or delete "
+                    "the file to recompute its samples."
+                )
             if bad_line is not None:
                 raise StoreCorruptError(
                     f"{path} line {bad_line} is unreadable but later lines are fine: the file was edited or the "

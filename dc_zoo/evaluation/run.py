@@ -13,15 +13,36 @@ their work into shared batches); the next chunks are read and preprocessed on a 
 or by where a previous run stopped, and each sample's noise depends only on (seed, index): so a
 run on any number of processes, interrupted any number of times, gives the same records, bit
 for bit, as one uninterrupted process.
+
+Runs that fail or collide:
+
+- **A second launch on the same output** is refused while the first runs: rank 0 holds a lock
+  on the run directory (``lock.py``; names the holder). A killed run holds none.
+- **SIGTERM** (how SLURM preempts; torchrun forwards it to every rank): the chunk in flight is
+  finished and appended, nothing is torn, the run stops with ``EvalInterrupted`` and the
+  command exits with status ``SIGTERM_EXIT_STATUS`` (143 = 128 + SIGTERM) and one line saying
+  to re-run the same command. The previous handler is restored afterwards.
+- **A full disk** (or any failed write): the write is undone, temporary files removed, and an
+  ``OutputWriteError`` names the file and the fix; re-running after freeing space resumes.
+- **An image that cannot be decoded** (a corrupt or empty file in a local WebDataset) is
+  recorded as a failed sample (``error`` = ``"<shard>:<key>: <reason>"``) and counted in
+  ``failed_images``, like a non-finite network output; the other samples are unaffected.
+
+A rank that fails while scoring does not leave the others waiting: they finish their share
+(nothing computed is lost) and stop with its message at the end-of-scoring check.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,23 +57,55 @@ from ..classifier import DiffusionClassifier
 from ..clip_benchmark.registration import MODEL_NAME as CLIP_BENCHMARK_MODEL
 from ..config import ScoringConfig
 from ..engine import NonFiniteScoreError
+from ..image_io import ImageInputError
 from ..prefetch import Prefetcher, pin_for
 from ..preprocess import to_pixels
 from ..timestep_plan import validate_stages
-from .benchmark_datasets import BenchmarkDataset, load_benchmark_dataset
-from .distributed import DistributedContext, init_distributed, shard
+from .benchmark_datasets import BenchmarkDataset, UnreadableSample, load_benchmark_dataset
+from .distributed import DistributedContext, RankFailedError, init_distributed, shard
 from .identity import RunIdentity
+from .lock import LOCK_NAME, RunLock
 from .metrics import classification_metrics, cost_summary
 from .progress import OverallProgress, RankProgress, file_sizes
 from .prompts import resolve_prompts
-from .result_store import (ResultStore, SampleRecord, chunk_bounds, complete_chunks, fsync_directory, num_chunks,
-                           stored_batch_size)
+from .result_store import (ResultStore, SampleRecord, chunk_bounds, complete_chunks, num_chunks, stored_batch_size,
+                           write_atomic, write_failure)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvalConfig", "EvalResult", "run_evaluation", "TASK"]
+__all__ = ["EvalConfig", "EvalResult", "EvalInterrupted", "run_evaluation", "TASK", "SIGTERM_EXIT_STATUS"]
 
 TASK = "zeroshot_classification"
+SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM  # 143: the shell's status for "ended by SIGTERM", said in one line
+
+
+class EvalInterrupted(RuntimeError):
+    """The run was stopped by SIGTERM between two chunks; every stored record is whole."""
+
+
+class _StopOnSigterm:
+    """While active (main thread only), SIGTERM asks the scoring loop to stop after the chunk in flight."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handle(self, signum, frame) -> None:
+        if not self.requested:
+            logger.warning("SIGTERM received: stopping once the chunk in flight is stored")
+        self.requested = True
+
+    def __enter__(self) -> "_StopOnSigterm":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._installed = False
 
 
 @dataclass(frozen=True)
@@ -116,12 +169,14 @@ def _slug(text: str) -> str:
 
 
 def _check_output_writable(output: Path) -> None:
+    probe = output / f".dc-zoo-write-test-{os.getpid()}"
     try:
         output.mkdir(parents=True, exist_ok=True)
-        probe = output / f".dc-zoo-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
+        if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            raise write_failure(probe, err) from None
         raise PermissionError(
             f"Output directory {output} is not writable ({err.strerror or err}): choose a writable --output "
             "(every rank writes its records there, so on several nodes it must be a shared filesystem)."
@@ -193,7 +248,11 @@ def _resolve_auto_batch_size(ctx: DistributedContext, clf: DiffusionClassifier, 
             if chosen is not None:
                 logger.info("batch_size='auto': resuming with the stored batch size %d", chosen)
             else:
-                _, image, _ = next(iter(dataset.samples([0])))
+                image = next((img for _, img, _ in dataset.samples(range(dataset.size))
+                              if not isinstance(img, UnreadableSample)), None)
+                if image is None:
+                    raise ValueError(f"No image of {config.dataset} could be decoded, so batch_size='auto' has "
+                                     "nothing to measure: check the dataset (see the warnings above).")
                 pixels = to_pixels([image], clf.preprocess).to(clf.backend.device)
                 x0 = clf.backend.encode_images(pixels)
                 chosen = int(clf.scoring_for(scoring, x0, clf.encode_candidates(candidates)).batch_size)
@@ -231,10 +290,24 @@ def _chunks(samples: Iterable[tuple[int, Any, int]], B: int, size: int) -> Itera
                            "while it was read.")
 
 
-def _prepare(clf: DiffusionClassifier, chunk: list[tuple[int, Any, int]]) -> tuple[list[tuple[int, int]], torch.Tensor]:
-    """A chunk's ``(index, label)`` pairs and its pixels (pinned for a CUDA device): the read-ahead work."""
-    pixels = to_pixels([image for _, image, _ in chunk], clf.preprocess)
-    return [(index, label) for index, _, label in chunk], pin_for(pixels, clf.backend.device)
+def _prepare(clf: DiffusionClassifier, chunk: list[tuple[int, Any, int]]
+             ) -> tuple[list[tuple[int, int]], torch.Tensor | None, list[SampleRecord]]:
+    """A chunk's readable ``(index, label)`` pairs, their pixels (pinned for a CUDA device) and the
+    failed records of its unreadable images: the read-ahead work."""
+    items, pixels, failed = [], [], []
+    for index, image, label in chunk:
+        if not isinstance(image, UnreadableSample):
+            try:  # decoded, but not usable as given (e.g. a float image outside [0, 1])
+                pixels.append(to_pixels([image], clf.preprocess)[0])
+                items.append((index, label))
+                continue
+            except ImageInputError as err:
+                image = err.reason
+        failed.append(SampleRecord(index=index, label=label, prediction=-1, errors=None, stage_reached=None,
+                                   evaluations=0, error=str(image)))
+    if not items:
+        return [], None, failed
+    return items, pin_for(torch.stack(pixels), clf.backend.device), failed
 
 
 def _score_chunk(clf: DiffusionClassifier, candidates: CandidateSet, scoring: ScoringConfig,
@@ -261,16 +334,6 @@ def _score_chunk(clf: DiffusionClassifier, candidates: CandidateSet, scoring: Sc
     ]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_directory(path.parent)
-
-
 def run_evaluation(config: EvalConfig, classifier: DiffusionClassifier | None = None) -> EvalResult:
     """Evaluate ``config.model`` on ``config.dataset``; launched alone or by torchrun / accelerate.
 
@@ -287,16 +350,19 @@ def run_evaluation(config: EvalConfig, classifier: DiffusionClassifier | None = 
         FileNotFoundError: the dataset root is missing or incomplete (says what is expected).
         PermissionError: the output directory is not writable.
         dc_zoo.evaluation.IdentityMismatchError: the output holds a run of another configuration.
+        dc_zoo.evaluation.OutputLockedError: another live launch is writing this run (names it).
+        dc_zoo.evaluation.OutputWriteError: a record or result file could not be written (disk full).
+        dc_zoo.evaluation.EvalInterrupted: SIGTERM stopped the run between two chunks (re-run resumes).
         dc_zoo.evaluation.RankFailedError: another rank failed one of these checks.
     """
     ctx = init_distributed(config.device, config.dist_timeout_hours)
-    try:
-        return _run(ctx, config, classifier)
-    finally:
-        ctx.close()
+    with contextlib.ExitStack() as stack:
+        stack.callback(ctx.close)
+        return _run(ctx, config, classifier, stack)
 
 
-def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClassifier | None) -> EvalResult:
+def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClassifier | None,
+         stack: contextlib.ExitStack) -> EvalResult:
     # ---------------------------------------------------------------- checks before any work
     error: BaseException | None = None
     try:
@@ -341,6 +407,17 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
     stem = "_".join([_slug(config.dataset.replace("wds/", "", 1)), model_slug, CLIP_BENCHMARK_MODEL, config.language,
                      TASK])
     run_dir = output / stem
+    # One launch per run directory (rank 0 holds it to the end); a killed run's lock dies with it.
+    lock = RunLock(run_dir / LOCK_NAME)
+    error = None
+    if ctx.is_main:
+        try:
+            lock.acquire()
+        except Exception as err:  # noqa: BLE001
+            error = err
+    stack.callback(lock.release)
+    ctx.raise_if_any_failed(error)
+    stop = stack.enter_context(_StopOnSigterm())
     if scoring.batch_size == AUTO:
         scoring = _resolve_auto_batch_size(ctx, clf, scoring, candidates, dataset, run_dir / "store")
     identity = RunIdentity(
@@ -350,6 +427,7 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
         batch_size=int(scoring.batch_size), image_batch_size=B, templates=tuple(templates),
         class_names=tuple(dataset.classes), dataset=config.dataset, split=config.split,
         dataset_size=dataset.size, speed_levers=levers,
+        cpu_threads=torch.get_num_threads() if torch.device(clf.backend.device).type == "cpu" else None,
     )
     identity = RunIdentity.from_dict(json.loads(json.dumps(identity.to_dict())))  # as a header reads back
     store = ResultStore(run_dir / "store", identity)
@@ -387,25 +465,45 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
     overall = (OverallProgress(store.directory, all_todo, resumed, enabled=config.progress, offsets=session_start)
                if ctx.is_main and ctx.is_distributed else None)
     started = time.perf_counter()
+    stored = 0
+    error = None
     try:
         # The next chunks are read and preprocessed on a background thread while this one is scored.
         chunks = _chunks(dataset.samples(my_indices), B, dataset.size)
         prepare = functools.partial(_prepare, clf)
         with store.writer(ctx.rank) as writer, \
                 Prefetcher(chunks, prepare, ahead=config.prefetch, name=f"dc-zoo-read-rank{ctx.rank}") as ready:
-            for items, pixels in ready:
-                records = _score_chunk(clf, candidates, scoring, items, pixels)
+            for items, pixels, failed in ready:
+                if stop.requested:  # SIGTERM: the chunk before this one is whole in the store
+                    break
+                for record in failed:
+                    logger.warning("sample %d could not be read, recorded as failed: %s", record.index, record.error)
+                records = _score_chunk(clf, candidates, scoring, items, pixels) if items else []
+                records = sorted(records + failed, key=lambda r: r.index)
                 writer.append(records)
+                stored += len(records)
                 rank_bar.update(records)
         elapsed = time.perf_counter() - started
-        if my_indices:
+        if stop.requested and stored < len(my_indices):  # a signal after the last chunk stops nothing
+            error = EvalInterrupted(
+                f"stopped by SIGTERM after storing {stored} of this rank's {len(my_indices)} samples (every stored "
+                f"record is whole, in {store.directory}); re-run the same command to resume."
+            )
+        elif my_indices:
             logger.info("rank %d scored %d samples in %.1f s (%.2f s/sample)", ctx.rank, len(my_indices), elapsed,
                         elapsed / len(my_indices))
-        ctx.barrier()
+    except Exception as err:  # noqa: BLE001 - the other ranks must hear of it, not wait forever
+        error = err
     finally:
         rank_bar.close()
         if overall is not None:
             overall.close()
+    try:
+        ctx.raise_if_any_failed(error)  # also the barrier before the merge
+    except RankFailedError as err:  # a peer stopped by SIGTERM: this rank's work is stored, same status
+        if f": {EvalInterrupted.__name__}: " in str(err):
+            raise EvalInterrupted(str(err)) from None
+        raise
 
     # ---------------------------------------------------------------- rank 0 merges
     metrics = summary = None
@@ -424,7 +522,7 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
             summary = cost_summary(records)
             header = json.dumps({"dc_zoo_samples": identity.store_format, "identity": identity.to_dict()},
                                 separators=(",", ":"))
-            _write_atomic(samples_file, header + "\n" + "".join(r.to_json() + "\n" for r in records))
+            write_atomic(samples_file, header + "\n" + "".join(r.to_json() + "\n" for r in records))
             dump = {
                 "dataset": config.dataset, "model": CLIP_BENCHMARK_MODEL, "pretrained": model_name,
                 "task": TASK, "metrics": metrics, "language": config.language, "revision": revision or "local",
@@ -434,10 +532,10 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
                 "failed_images": summary["n_failed"], "evaluations_per_image": summary["evaluations_per_image"],
                 "samples_file": str(samples_file.relative_to(output)),
             }
-            _write_atomic(results_file, json.dumps(dump, indent=2) + "\n")
+            write_atomic(results_file, json.dumps(dump, indent=2) + "\n")
             if summary["n_failed"]:
-                logger.warning("%d samples could not be scored (non-finite network output) and count as wrong; see "
-                               "'error' in %s", summary["n_failed"], samples_file)
+                logger.warning("%d samples could not be read or scored (unreadable image, non-finite network output) "
+                               "and count as wrong; see 'error' in %s", summary["n_failed"], samples_file)
             logger.info("%s on %s: acc1 %.4f acc5 %.4f mean_per_class_recall %.4f -> %s", model_name, config.dataset,
                         metrics["acc1"], metrics["acc5"], metrics["mean_per_class_recall"], results_file)
         except Exception as err:  # noqa: BLE001
