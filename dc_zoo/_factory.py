@@ -6,6 +6,13 @@ pinned revision, preprocessing, template and stage schedule), ``"hf-hub:org/repo
 model_index.json and the scheduler config) and ``"local-dir:/path"`` or a plain directory
 (a fine-tune or a merged LoRA saved with ``save_pretrained``).
 
+Loading is safe by construction: weights are safetensors unless the caller allows pickle, and
+no code from a model repo is ever imported or run. A model_index.json that names a custom
+pipeline or module, or a component class outside diffusers / transformers (or of the wrong
+kind), is refused before anything is imported; every class comes from those two libraries by
+name, and ``trust_remote_code`` is never passed. Damaged files (a truncated or empty weight
+file, half-written JSON) are named with how to fetch them again (``_hub.DamagedFileError``).
+
 Repos move: the paper's ``runwayml/stable-diffusion-v1-5`` and ``stabilityai/stable-diffusion-2-*``
 are gone from the Hub. An entry knows both its current location and the paper's id; loading
 by either tries the current location first, then a cached copy under the paper's id, and
@@ -64,6 +71,15 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
 }
 _LIBRARIES = ("diffusers", "transformers")  # the only modules a model_index.json may name
+# What each component must be: (library, base class) of the classes it may name.
+_COMPONENT_KINDS = {
+    "unet": ("diffusers", "ModelMixin"), "vae": ("diffusers", "ModelMixin"), "transformer": ("diffusers", "ModelMixin"),
+    "scheduler": ("diffusers", "SchedulerMixin"),
+    "text_encoder": ("transformers", "PreTrainedModel"), "tokenizer": ("transformers", "PreTrainedTokenizerBase"),
+}
+# model_index.json keys through which diffusers would fetch and run code from the repo or the Hub.
+_REMOTE_CODE_KEYS = ("custom_pipeline", "_custom_pipeline", "auto_map", "trust_remote_code")
+_NO_REPO_CODE = "dc_zoo never imports or runs code from a model repo"
 
 
 @dataclass(frozen=True)
@@ -95,21 +111,68 @@ def _family_of(model_index: Mapping[str, Any], snapshot: _hub.Snapshot) -> str:
     )
 
 
-def _read_json(path: os.PathLike) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise _hub.MissingComponentsError(f"{path} is missing; the pipeline folder is incomplete.") from None
+def _refuse_repo_code(snapshot: _hub.Snapshot, model_index: Mapping[str, Any]) -> None:
+    """Stop a model_index.json that asks for code shipped with the repo (before anything is imported)."""
+    index = snapshot.path / "model_index.json"
+    class_name = model_index.get("_class_name")
+    if isinstance(class_name, (list, tuple)):
+        module, cls = (list(class_name) + [None, None])[:2]
+        raise _hub.RemoteCodeError(
+            f"{index}: _class_name {list(class_name)!r} names a custom pipeline (class {cls!r} in the repo's own "
+            f"{module}.py); {_NO_REPO_CODE}. Use a repo whose _class_name is StableDiffusionPipeline or DiTPipeline, "
+            "or wrap the model's denoiser in dc_zoo.DenoiserBackend yourself."
+        )
+    for key in _REMOTE_CODE_KEYS:
+        if key in model_index:
+            raise _hub.RemoteCodeError(
+                f"{index}: the entry {key!r} ({model_index[key]!r}) asks for code from the repo or the Hub; "
+                f"{_NO_REPO_CODE}. Remove the entry if the pipeline is a standard one, else wrap its denoiser in "
+                "dc_zoo.DenoiserBackend yourself."
+            )
+
+
+def _component_class(snapshot: _hub.Snapshot, name: str, library: str, class_name: str):
+    """The class a component names, taken by name from diffusers / transformers and of the right kind.
+
+    Raises:
+        RemoteCodeError: another library (a module of the repo) or a class that is not a component
+            of this kind; checked before importing anything for a foreign library.
+    """
+    import importlib
+
+    index = snapshot.path / "model_index.json"
+    entry = f"{index}: component {name!r} = [{library!r}, {class_name!r}]"
+    if library not in _LIBRARIES:
+        raise _hub.RemoteCodeError(
+            f"{entry} comes from library {library!r}; dc_zoo loads components only from {_LIBRARIES} "
+            f"(a model_index.json cannot make it import other code: {_NO_REPO_CODE})."
+        )
+    if not (isinstance(class_name, str) and class_name.isidentifier() and not class_name.startswith("_")):
+        raise _hub.RemoteCodeError(f"{entry}: {class_name!r} is not a class name; {_NO_REPO_CODE}.")
+    cls = getattr(importlib.import_module(library), class_name, None)
+    if cls is None:
+        raise _hub.UnsupportedPipelineError(
+            f"{entry} needs {library}.{class_name}, which the installed {library} does not have; upgrade {library} "
+            f"(classes from anywhere else are never loaded: {_NO_REPO_CODE})."
+        )
+    kind_library, kind = _COMPONENT_KINDS.get(name, (library, None))
+    base = getattr(importlib.import_module(kind_library), kind) if kind else None
+    if not isinstance(cls, type) or (base is not None and not issubclass(cls, base)):
+        what = f"a {kind_library}.{kind} subclass" if base is not None else "a class"
+        raise _hub.RemoteCodeError(
+            f"{entry}: {library}.{class_name} is not {what}, so it cannot be the {name!r} component; "
+            "the model_index.json is wrong or hand-edited."
+        )
+    return cls
 
 
 def _describe_unlisted(name: str, snapshot: _hub.Snapshot, model_index: Mapping[str, Any], family: str) -> RegistryEntry:
     """An entry for a model outside the registry, read from its config files."""
     spec = FAMILIES[family]
     root = snapshot.path
-    scheduler = _read_json(root / "scheduler" / "scheduler_config.json")
-    vae = _read_json(root / "vae" / "config.json")
-    network = _read_json(root / spec.networks[0] / "config.json")
+    scheduler = _hub.read_json_file(snapshot, root / "scheduler" / "scheduler_config.json")
+    vae = _hub.read_json_file(snapshot, root / "vae" / "config.json")
+    network = _hub.read_json_file(snapshot, root / spec.networks[0] / "config.json")
     factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
     resolution = int(network.get("sample_size") or 64) * factor
     num_classes = int(network["num_embeds_ada_norm"]) if family == "dit" else None
@@ -186,8 +249,11 @@ def resolve_model(name: str, revision: str | None = None, *, token: str | bool |
     else:
         snapshot = _hub.local_snapshot(parsed.id)
     model_index = _hub.read_model_index(snapshot)
+    _refuse_repo_code(snapshot, model_index)
     family = _family_of(model_index, snapshot)
     components = _hub.check_components(snapshot, model_index, FAMILIES[family].required)
+    for component, (library, class_name) in components.items():
+        _component_class(snapshot, component, library, class_name)
     if entry is None:
         entry = _describe_unlisted(name, snapshot, model_index, family)
     elif entry.family != family:
@@ -199,23 +265,41 @@ def resolve_model(name: str, revision: str | None = None, *, token: str | bool |
 
 
 def _load_component(snapshot: _hub.Snapshot, name: str, library: str, class_name: str, use_safetensors: bool):
-    import importlib
+    """One component through its own class's ``from_pretrained`` (never an Auto class, never repo code)."""
+    cls = _component_class(snapshot, name, library, class_name)
+    folder = snapshot.path / name
+    kind = _COMPONENT_KINDS.get(name, (None, None))[1]
+    try:
+        if kind in ("SchedulerMixin", "PreTrainedTokenizerBase"):
+            return cls.from_pretrained(str(folder))
+        return cls.from_pretrained(str(folder), use_safetensors=True if use_safetensors else None)
+    except _hub.ZooHubError:
+        raise
+    except Exception as err:  # noqa: BLE001 - only the library errors that mean a damaged file are translated
+        damaged = _damage_reason(err)
+        if damaged is None:
+            raise
+        raise _hub.DamagedFileError(
+            f"{folder} holds a damaged or incomplete file: {library}.{class_name}.from_pretrained failed with "
+            f"{damaged} (component {name!r} of {snapshot.describe()}); {_hub.refetch_hint(snapshot)}."
+        ) from err
 
-    if library not in _LIBRARIES:
-        raise _hub.UnsupportedPipelineError(
-            f"Component {name!r} of {snapshot.describe()} comes from library {library!r}; dc_zoo loads components "
-            f"only from {_LIBRARIES} (a model_index.json cannot make it import other code)."
-        )
-    cls = getattr(importlib.import_module(library), class_name, None)
-    if cls is None:
-        raise _hub.UnsupportedPipelineError(
-            f"Component {name!r} of {snapshot.describe()} needs {library}.{class_name}, which the installed "
-            f"{library} does not have; upgrade {library}."
-        )
-    folder = str(snapshot.path / name)
-    if class_name.endswith(("Scheduler", "Tokenizer", "TokenizerFast")):
-        return cls.from_pretrained(folder)
-    return cls.from_pretrained(folder, use_safetensors=True if use_safetensors else None)
+
+def _damage_reason(err: BaseException) -> str | None:
+    """``"Type: message"`` when a library error means a file it read was damaged, else None."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for e in chain:
+        kind = type(e).__name__
+        text = str(e).strip()
+        if kind == "SafetensorError" or isinstance(e, (json.JSONDecodeError, UnicodeDecodeError, EOFError)) or (
+                isinstance(e, OSError) and any(w in text for w in ("Unable to load weights", "not a valid JSON",
+                                                                   "header", "incomplete"))):
+            return f"{kind}: {text}" if text else kind
+    return None
 
 
 def _scoring_for(entry: RegistryEntry, scoring: ScoringConfig | Mapping[str, Any] | None) -> ScoringConfig:
@@ -269,13 +353,15 @@ def create_model(name: str, revision: str | None = None, device: str | torch.dev
         ValueError: malformed name; an open_clip entry (not a diffusion classifier).
         dc_zoo._hub.ModelNotCachedError / RevisionNotCachedError / ModelRevisionNotFoundError /
         ModelRepoNotFoundError / GatedModelError / MissingComponentsError /
-        UnsupportedPipelineError / PickleWeightsError: see their messages for the fix.
+        UnsupportedPipelineError / PickleWeightsError / DamagedFileError / RemoteCodeError: see
+        their messages for the fix.
     """
     resolved = resolve_model(name, revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only,
                              allow_pickle=allow_pickle, endpoint=endpoint)
     entry, snapshot = resolved.entry, resolved.snapshot
     spec = FAMILIES[entry.family]
     use_safetensors = _hub.check_weight_files(snapshot, spec.networks, allow_pickle=allow_pickle)
+    _hub.check_files_intact(snapshot, resolved.components)
     parts = {c: _load_component(snapshot, c, lib, cls, use_safetensors) for c, (lib, cls) in resolved.components.items()}
     scheduler = parts["scheduler"]
     declared = scheduler.config.get("prediction_type", "epsilon") or "epsilon"

@@ -6,6 +6,9 @@ one distinct error that says what went wrong and how to fix it. The zoo's own mi
 models (``dc-zoo/*``) ship inside the package as a Hub-format cache (``dc_zoo/hub_cache``), so
 they load through the same code with no network. Pickle weights (``.bin``/``.ckpt``) can run
 code when loaded; they are refused unless the caller opts in, safetensors are the default.
+Files are checked before anything is loaded: a truncated or empty weight file or a half-written
+JSON file is named, with how to fetch it again (``DamagedFileError``), rather than surfacing as
+a bare safetensors or JSON error.
 
 Paper: Li et al., "Your Diffusion Model is Secretly a Zero-Shot Classifier", ICCV 2023
 (https://arxiv.org/abs/2303.16203).
@@ -25,8 +28,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "BUNDLED_CACHE", "BUNDLED_ORG", "Snapshot", "ZooHubError", "ModelNotCachedError", "RevisionNotCachedError",
     "ModelRevisionNotFoundError", "ModelRepoNotFoundError", "GatedModelError", "MissingComponentsError",
-    "UnsupportedPipelineError", "PickleWeightsError", "download_snapshot", "cached_snapshot", "local_snapshot",
-    "read_model_index", "check_components", "check_weight_files", "hub_cache_dir", "is_offline", "open_clip_load_hint",
+    "UnsupportedPipelineError", "PickleWeightsError", "DamagedFileError", "RemoteCodeError", "download_snapshot", "cached_snapshot", "local_snapshot",
+    "read_model_index", "read_json_file", "check_components", "check_weight_files", "check_files_intact",
+    "refetch_hint", "hub_cache_dir", "is_offline", "open_clip_load_hint",
 ]
 
 BUNDLED_CACHE = Path(__file__).resolve().parent / "hub_cache"  # Hub-format cache of the trained miniatures
@@ -73,6 +77,14 @@ class UnsupportedPipelineError(ZooHubError, ValueError):
 
 class PickleWeightsError(ZooHubError, ValueError):
     """Only pickle weights exist and the caller did not allow pickle."""
+
+
+class DamagedFileError(ZooHubError, ValueError):
+    """A file of the snapshot is truncated, empty or not valid JSON (an interrupted download or copy)."""
+
+
+class RemoteCodeError(UnsupportedPipelineError):
+    """model_index.json asks for code from the repo (a custom pipeline or module); dc_zoo never runs it."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,115 @@ def _fetch_hint(repo_id: str, revision: str) -> str:
     return (f"fetch it on a machine with network access with `hf download {repo_id} --revision {revision}` "
             f"(older huggingface_hub: `huggingface-cli download {repo_id} --revision {revision}`) into the same "
             "HF_HOME, or unset HF_HUB_OFFLINE to let dc_zoo download it")
+
+
+def refetch_hint(snapshot: Snapshot) -> str:
+    """How to get intact files again for ``snapshot`` (Hub cache, bundled miniature or local folder)."""
+    if snapshot.source == "bundled":
+        return ("the miniature ships inside dc_zoo, so reinstall the package "
+                "(`pip install --force-reinstall --no-deps dc_zoo`, or `git checkout dc_zoo/hub_cache` in a checkout)")
+    if snapshot.repo_id is None:
+        return (f"save the pipeline again with DiffusionPipeline.save_pretrained('{snapshot.path}') "
+                "(or copy the folder again from where it came from)")
+    revision = snapshot.commit or snapshot.revision or "main"
+    cache_option = ""
+    parts = snapshot.path.parts
+    if len(parts) > 3 and parts[-2] == "snapshots":
+        cache = snapshot.path.parents[2]
+        if cache.resolve() != hub_cache_dir().resolve():
+            cache_option = f" --cache-dir {cache}"
+    return (f"fetch it again with `hf download {snapshot.repo_id} --revision {revision}{cache_option} --force-download` "
+            f"where there is network access, or delete the snapshot folder {snapshot.path} and load the model "
+            "again with downloads on")
+
+
+def _damaged(snapshot: Snapshot, path: Path, problem: str) -> DamagedFileError:
+    return DamagedFileError(f"{path} is damaged or incomplete: {problem}. It belongs to {snapshot.describe()}; "
+                            f"an interrupted download or copy leaves files like this: {refetch_hint(snapshot)}.")
+
+
+def read_json_file(snapshot: Snapshot, path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object file of ``snapshot`` (model_index.json, a config).
+
+    Raises:
+        MissingComponentsError: the file does not exist.
+        DamagedFileError: it is empty, not UTF-8, not JSON (e.g. cut off) or not a JSON object.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise MissingComponentsError(
+            f"{path} is missing, so {snapshot.describe()} is incomplete; {refetch_hint(snapshot)}.") from None
+    if not raw.strip():
+        raise _damaged(snapshot, path, f"it is empty ({len(raw)} bytes)")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise _damaged(snapshot, path, f"it is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise _damaged(snapshot, path, f"it is not valid JSON, as a cut-off or half-written file is (line "
+                       f"{err.lineno} column {err.colno} of {len(raw):,} bytes: {err.msg})") from None
+    if not isinstance(data, dict):
+        raise _damaged(snapshot, path, f"it holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _is_loaded_weight_file(name: str) -> bool:
+    """``model.safetensors`` / ``diffusion_pytorch_model-00001-of-00002.safetensors``, not ``*.fp16.safetensors``."""
+    return name.endswith(".safetensors") and "." not in name[: -len(".safetensors")]
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (from its header and size), or None."""
+    size = path.stat().st_size
+    if size == 0:
+        return "it is empty (0 bytes)"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"it is truncated ({size} bytes, less than the 8-byte header length)"
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return f"it is truncated ({size:,} bytes, but its header alone should take {n:,})"
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return "its safetensors header is not valid JSON"
+    if not isinstance(header, dict):
+        return "its safetensors header is not a JSON object"
+    ends = [int(v["data_offsets"][1]) for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)
+            and len(v["data_offsets"]) == 2]
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        return f"it is truncated ({size:,} of the {expected:,} bytes its header describes)"
+    if size > expected:
+        return f"it has {size - expected:,} bytes more than its header describes"
+    return None
+
+
+def check_files_intact(snapshot: Snapshot, components: Iterable[str]) -> None:
+    """Check the files dc_zoo will load from ``components`` without loading them.
+
+    Every ``.json`` file must parse and every weight ``.safetensors`` file must be as long as its
+    header says (reads headers only), so a damaged file is named before a library reports it
+    without its name or the reason.
+
+    Raises:
+        DamagedFileError: naming the file, what is wrong and how to fetch it again.
+    """
+    for name in components:
+        folder = snapshot.path / name
+        if not folder.is_dir():
+            continue
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            if path.name.endswith(".json"):
+                read_json_file(snapshot, path)
+            elif _is_loaded_weight_file(path.name):
+                problem = _safetensors_problem(path)
+                if problem:
+                    raise _damaged(snapshot, path, problem)
 
 
 def download_snapshot(repo_id: str, revision: str | None = None, *, token: str | bool | None = None,
@@ -259,7 +380,7 @@ def read_model_index(snapshot: Snapshot) -> dict[str, Any]:
             "DiffusionPipeline.save_pretrained(folder), or build a backend yourself (dc_zoo.StableDiffusionBackend / "
             "DiTBackend / DenoiserBackend)."
         )
-    return json.loads(index.read_text(encoding="utf-8"))
+    return read_json_file(snapshot, index)
 
 
 def check_components(snapshot: Snapshot, model_index: Mapping[str, Any], required: Iterable[str]) -> dict[str, tuple[str, str]]:

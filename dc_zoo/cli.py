@@ -1,7 +1,7 @@
 """The ``dc-zoo`` command: list the zoo, inspect an entry, classify images.
 
     dc-zoo list [PATTERN]                 what models exist, their cost, whether their weights are here
-    dc-zoo info NAME                      one entry: location, revision, schedule, cost, accuracy, cache
+    dc-zoo info NAME                      one model (zoo name, hf-hub:org/repo, folder): files, schedule, cost, cache
     dc-zoo classify --model NAME --classes cat dog IMAGE...
 
 Each subcommand lives in a module with ``add_subparser(subparsers)``, which adds its parser and
@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from . import _hub
 from ._registry import RegistryEntry, default_model, get_entry, list_models
 from .config import parse_batch_size
+from .image_io import IMAGE_EXTENSIONS, ImageInputError, image_files_in, load_image, to_rgb
 from .losses import LOSSES
 from .timestep_plan import TimestepPlan
 
@@ -49,6 +50,7 @@ examples:
   dc-zoo list                      all models
   dc-zoo list 'sd-2*'              wildcards select names
   dc-zoo info sd-2-base            location, cost per image, accuracy, cache status
+  dc-zoo info ./my-pipeline        a folder or hf-hub:org/repo, described from its files
   dc-zoo classify --model sd-digits-mini --classes zero one two three four five six seven eight nine digit.png
 run `dc-zoo COMMAND --help` for the options of a command."""
 
@@ -121,30 +123,77 @@ def add_list_parser(subparsers) -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- info
+_SOURCE_STATUS = {"bundled": "bundled", "cache": "cached", "hub": "cached", "local-dir": "local folder"}
+
+
+def _resolve_for_info(name: str):
+    """``(entry, status, snapshot, resolved)`` for any name `dc-zoo classify` accepts, without network.
+
+    A zoo name is described from its entry (``resolved`` is None); an ``hf-hub:`` name or a folder
+    from its files (model_index.json, configs), which must be on disk: an uncached repo raises the
+    not-cached error, except a registry repo without ``@revision``, described from its entry.
+    """
+    from ._factory import FAMILIES, resolve_model
+    from ._registry import find_entry_by_repo, parse_model_name
+
+    parsed = parse_model_name(name)
+    if parsed.source == "zoo":
+        entry = get_entry(parsed.id)
+        return (entry, *_weights_status(entry), None)
+    known = find_entry_by_repo(parsed.id) if parsed.source == "hf-hub" and not parsed.revision else None
+    if known is not None and known.family not in FAMILIES:  # a CLIP baseline: no diffusers files to read
+        return (known, *_weights_status(known), None)
+    try:
+        resolved = resolve_model(name, local_files_only=True)
+    except _hub.ModelNotCachedError:
+        if known is None:
+            raise
+        return (known, *_weights_status(known), None)
+    spec = FAMILIES[resolved.entry.family]
+    _hub.check_files_intact(resolved.snapshot, resolved.components)  # a damaged file is reported, as classify would
+    resolved_status = _SOURCE_STATUS.get(resolved.snapshot.source, resolved.snapshot.source)
+    if not _hub.check_weight_files(resolved.snapshot, spec.networks, allow_pickle=True):
+        resolved_status += " (pickle .bin weights: classify needs --allow-pickle)"
+    return resolved.entry, resolved_status, resolved.snapshot, resolved
+
+
 def run_info(args: argparse.Namespace) -> int:
+    """Describe a zoo name, an ``hf-hub:`` repo (from the cache) or a pipeline folder (from its files)."""
     _configure_logging(args)
-    entry = get_entry(args.name)
-    status, snapshot = _weights_status(entry)
+    entry, status, snapshot, resolved = _resolve_for_info(args.name)
     k, evals = _cost(entry, args.num_classes) if entry.schedule is not None else (None, None)
+    components = {c: f"{lib}.{cls}" for c, (lib, cls) in resolved.components.items()} if resolved else None
     if args.json:
         data = entry.to_dict()
         data["weights"] = {"status": status, "path": str(snapshot.path) if snapshot else None,
                            "commit": snapshot.commit if snapshot else None}
+        if snapshot is not None:
+            data["weights"].update(repo_id=snapshot.repo_id, revision=snapshot.revision, source=snapshot.source)
+        data["components"] = components
         data["cost_for_num_classes"] = {"num_classes": k, "evaluations_per_image": evals} if k else None
         print(json.dumps(data, indent=2))
         return 0
+    if entry.listed:
+        where = f"{entry.hub_id} ({'official' if entry.official_location else 'unofficial mirror'})"
+    else:
+        where = f"{entry.hub_id or f'local folder {snapshot.path}'} (not in the registry: described from its files)"
     lines = [f"{entry.name}{'  (default model)' if entry.default else ''}", f"  {entry.description}",
              f"  family:       {entry.family} ({entry.pipeline_class}, {entry.prediction_type or 'n/a'} prediction)",
-             f"  weights from: {entry.hub_id} ({'official' if entry.official_location else 'unofficial mirror'})"]
+             f"  weights from: {where}"]
     if entry.original_id:
         lines.append(f"  paper's id:   {entry.original_id} (still accepted as a name)")
     if entry.location_note:
         lines.append(f"  location:     {entry.location_note}")
-    lines.append(f"  revision:     {entry.revision}" + ("" if entry.revision_pinned else "  (UNPINNED: a branch, can change)"))
+    if entry.listed or entry.hub_id:
+        revision = snapshot.revision if (resolved and snapshot.revision) else entry.revision
+        pinned = (snapshot.commit == revision) if resolved else entry.revision_pinned
+        lines.append(f"  revision:     {revision}" + ("" if pinned else "  (UNPINNED: a branch, can change)"))
     if entry.vae_id:
         lines.append(f"  VAE:          {entry.vae_id}")
     lines += [f"  input:        {entry.resolution} px, {entry.interpolation} resize, {entry.crop} crop, mean/std 0.5",
               f"  dtype:        {entry.default_dtype} on GPU, float32 on CPU"]
+    if components:
+        lines.append(f"  components:   {', '.join(f'{c} {cls}' for c, cls in components.items())}")
     if entry.template:
         lines.append(f"  template:     {entry.template!r}")
     if entry.num_classes:
@@ -161,7 +210,8 @@ def run_info(args: argparse.Namespace) -> int:
         if acc.get("command"):
             lines.append(f"                reproduce: {acc['command']}")
     if snapshot is not None:
-        lines.append(f"  weights here: {status}: {snapshot.path}")
+        commit = f" (commit {snapshot.commit})" if resolved and snapshot.commit else ""
+        lines.append(f"  weights here: {status}: {snapshot.path}{commit}")
     else:
         lines.append(f"  weights here: not cached under {_hub.hub_cache_dir()}; fetch with "
                      f"`hf download {entry.hub_id} --revision {entry.revision}`")
@@ -175,8 +225,10 @@ def run_info(args: argparse.Namespace) -> int:
 def add_info_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("info", help="show one model's entry, cost and cache status",
                                    description="Show a model's registry entry, its cost per image for the default "
-                                   "schedule and where its weights are cached (or how to fetch them).")
-    parser.add_argument("name", help="zoo name, e.g. sd-2-base (see `dc-zoo list`)")
+                                   "schedule and where its weights are cached (or how to fetch them). An hf-hub: "
+                                   "repo or a pipeline folder is described from its files (offline: from the cache).")
+    parser.add_argument("name", help="zoo name, e.g. sd-2-base (see `dc-zoo list`), hf-hub:org/repo[@rev] or a "
+                                     "pipeline folder (what `dc-zoo classify --model` accepts)")
     parser.add_argument("--num-classes", type=int, default=None, help="report the cost for K classes")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=run_info)
@@ -193,17 +245,26 @@ def _parse_classes(classes: Sequence[str] | None, class_conditional: bool) -> li
 
 
 def _split_trailing_files(values: Sequence[str] | None) -> tuple[list[str] | None, list[str]]:
-    """``--classes cat dog a.png`` -> (["cat", "dog"], ["a.png"]).
+    """``--classes cat dog a.png b/`` -> (["cat", "dog"], ["a.png", "b/"]).
 
     argparse cannot tell where a list option ends and the IMAGE arguments begin, so it gives
-    the images to the last list option; they are its trailing values that name existing files.
+    the images to the last list option. Its trailing values that exist on disk, or that end in
+    an image file extension (``.png``, ``.jpg``, ...), are images: a missing ``missing.png`` is
+    then reported as a missing image, never taken for a class. ``--`` ends the list explicitly.
     """
     if values is None:
         return None, []
     values, files = list(values), []
-    while values and Path(values[-1]).is_file():
+    while values and _looks_like_image_argument(values[-1]):
         files.insert(0, values.pop())
     return values, files
+
+
+def _looks_like_image_argument(value: str) -> bool:
+    if not value.strip():
+        return False  # an empty class name, refused as such (Path("") would be the current folder)
+    path = Path(value)
+    return path.exists() or path.is_symlink() or path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _integers(values: Sequence[str] | None, option: str) -> tuple[int, ...] | None:
@@ -216,16 +277,39 @@ def _integers(values: Sequence[str] | None, option: str) -> tuple[int, ...] | No
                          "(they must exist) or after `--`.") from None
 
 
-def _load_images(paths: Sequence[str]):
-    from PIL import Image
-
-    images = []
+def _expand_paths(paths: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image files (a directory gives its image files, sorted) and ``(argument, reason)`` for the unusable."""
+    files, failed = [], []
     for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"Image {path!r} does not exist; give paths of image files (PNG, JPEG, ...).")
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
-    return images
+        if Path(path).is_dir():
+            inside = image_files_in(path)
+            if not inside:
+                failed.append((path, f"is a directory with no image files ({', '.join(IMAGE_EXTENSIONS[:6])}, ...)"))
+            files.extend(str(p) for p in inside)
+        else:
+            files.append(path)
+    return files, failed
+
+
+def _load_images(paths: Sequence[str], fail_fast: bool = False):
+    """(path, RGB image) of each readable file and (path, reason) of the others, in order.
+
+    Uses the same conversion as ``classify()`` (``dc_zoo.image_io``), so a file gets the same
+    prediction from the command and from the Python API.
+
+    Raises:
+        ImageInputError: with ``fail_fast``, at the first file that cannot be used.
+    """
+    loaded, failed = [], []
+    for path in paths:
+        try:
+            loaded.append((path, to_rgb(load_image(path))))
+        except ImageInputError as err:
+            err = err.at(name=path)
+            if fail_fast:
+                raise err
+            failed.append((path, err.reason))
+    return loaded, failed
 
 
 def batch_size_type(text: str) -> int | str:
@@ -250,7 +334,18 @@ def run_classify(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in dict(
         n_samples=_integers(args.n_samples, "--n-samples"), to_keep=_integers(args.to_keep, "--to-keep"),
         loss=args.loss, seed=args.seed, batch_size=args.batch_size, n_trials=args.n_trials).items() if v is not None}
-    images = _load_images(paths)
+    files, failed = _expand_paths(paths)
+    if failed and args.fail_fast:
+        raise ImageInputError(failed[0][1], name=failed[0][0])
+    loaded, unreadable = _load_images(files, fail_fast=args.fail_fast)
+    failed += unreadable
+    for path, reason in failed:
+        print(f"dc-zoo: cannot classify {path!r}: {reason}", file=sys.stderr)
+    if not loaded:
+        print(f"dc-zoo: error: none of the {len(failed)} image argument(s) could be read.", file=sys.stderr)
+        return 1
+    paths = [path for path, _ in loaded]
+    images = [image for _, image in loaded]
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # the classification bar is the one that matters here
@@ -271,9 +366,11 @@ def run_classify(args: argparse.Namespace) -> int:
                 "stage": int(output.stage_reached[i, j])} for j in ranked[i]]
         results.append({"image": path, "prediction": output.predicted_names[i], "top": top,
                         "evaluations": int(output.evaluations[i])})
+    status = 1 if failed else 0  # 1: some images could not be read (each reported on stderr)
     if args.json:
-        print(json.dumps({"model": entry.name, "source": classifier.source.describe(), "results": results}, indent=2))
-        return 0
+        print(json.dumps({"model": entry.name, "source": classifier.source.describe(), "results": results,
+                          "failed": [{"image": path, "error": reason} for path, reason in failed]}, indent=2))
+        return status
     print(f"model {entry.name} from {classifier.source.describe()}")
     print("score = mean denoising error, lower is better; a class dropped after an earlier stage ranks below the "
           "survivors whatever its error")
@@ -282,7 +379,10 @@ def run_classify(args: argparse.Namespace) -> int:
         ranking = ", ".join(f"{t['class']} {t['error']:.4f}" + (f" (dropped after stage {t['stage'] + 1})"
                                                                if t["stage"] < last else "") for t in r["top"])
         print(f"{r['image']}: {r['prediction']}  [{ranking}]  ({r['evaluations']} evaluations)")
-    return 0
+    if failed:
+        print(f"dc-zoo: {len(failed)} of {len(failed) + len(results)} image argument(s) could not be read (see "
+              "above); the others were classified.", file=sys.stderr)
+    return status
 
 
 def add_classify_parser(subparsers) -> argparse.ArgumentParser:
@@ -294,7 +394,12 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  dc-zoo classify --model sd-digits-mini --classes zero one two three four five six seven eight nine d.png\n"
                "  dc-zoo classify --model sd-2-base --classes cat dog --template 'a photo of a {}.' --loss l1 pet.jpg\n"
-               "  dc-zoo classify --model dit-xl-2-256 --n-samples 25 250 --to-keep 10 1 photo.jpg")
+               "  dc-zoo classify --model dit-xl-2-256 --n-samples 25 250 --to-keep 10 1 photo.jpg\n"
+               "  dc-zoo classify --model sd-2-base --classes cat dog -- photos/   (a folder: its image files)\n"
+               "\nimages: the values after --classes that exist on disk or end in an image extension (.png, .jpg, ...)\n"
+               "are images, or put `--` before them. An unreadable file (missing, empty, truncated, not an image) is\n"
+               "reported by path with the reason and the others are classified.\n"
+               "exit status: 0 all classified; 1 some images could not be read; 2 bad usage or model.")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=default_model(),
                        help=f"zoo name (dc-zoo list), hf-hub:org/repo[@rev] or a pipeline folder (default {default_model()})")
@@ -320,8 +425,10 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
     run.add_argument("--json", action="store_true", help="machine-readable output")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--fail-fast", action="store_true",
+                     help="stop at the first image that cannot be read (default: report it, classify the others)")
     parser.add_argument("images", nargs="*", metavar="IMAGE",
-                        help="image files, at the end of the command (or after `--`)")
+                        help="image files or folders of them, at the end of the command (or after `--`)")
     parser.set_defaults(func=run_classify)
     return parser
 
@@ -355,6 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except ImageInputError as err:  # --fail-fast: the first image that could not be read
+        print(f"dc-zoo: error: {err}", file=sys.stderr)
+        return 1
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"dc-zoo: error: {message}", file=sys.stderr)

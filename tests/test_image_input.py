@@ -11,33 +11,17 @@ from PIL import Image
 
 import dc_zoo
 from dc_zoo.image_io import ImageInputError, ImageReadError, load_image, to_rgb
-from dc_zoo.noise_schedules import DiscreteDiffusionSchedule
 from dc_zoo.preprocess import to_pixels
 
-from tiny_models import tiny_sd_backend
+from tiny_models import label_shift_classifier, tiny_sd_backend
 
 CONFIG = dc_zoo.PreprocessConfig(size=16)
 
 
-class CountingDenoiser(torch.nn.Module):
-    """Counts network calls, so a test can show an input was refused before any of them."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-        self.scale = torch.nn.Parameter(torch.ones(()))
-
-    def forward(self, x, t, labels):
-        self.calls += 1
-        return x * 0 + labels.view(-1, 1, 1, 1).float() * 0.01 * self.scale
-
-
 @pytest.fixture
 def counting_clf():
-    model = CountingDenoiser()
-    backend = dc_zoo.DenoiserBackend(model, DiscreteDiffusionSchedule.linear(), dc_zoo.PreprocessConfig(size=8))
-    return dc_zoo.DiffusionClassifier(backend, dc_zoo.ScoringConfig(n_samples=(2, 4), to_keep=(2, 1)),
-                                      image_batch_size=2), model
+    clf = label_shift_classifier(n_samples=(2, 4), to_keep=(2, 1), image_batch_size=2)
+    return clf, clf.backend.model
 
 
 def _rgb(seed=0, h=20, w=24):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import dc_zoo
 from dc_zoo.image_io import ImageInputError
-from dc_zoo.noise_schedules import DiscreteDiffusionSchedule
+from tiny_models import label_shift_classifier
 
 DOCUMENTED = (ImageInputError, TypeError, ValueError)
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -19,20 +19,7 @@ DTYPES = ["uint8", "uint16", "int32", "int64", "float16", "float32", "float64", 
 DEFAULT_RANGES = {"uint8": (0, 255), "uint16": (0, 65535), "float16": (0, 1), "float32": (0, 1), "float64": (0, 1)}
 
 
-class Echo(torch.nn.Module):
-    """A denoiser whose error depends on the image and the label: enough to classify."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.ones(()))
-
-    def forward(self, x, t, labels):
-        return x * 0.1 * self.scale + labels.view(-1, 1, 1, 1).float() * 0.05
-
-
-CLF = dc_zoo.DiffusionClassifier(
-    dc_zoo.DenoiserBackend(Echo(), DiscreteDiffusionSchedule.linear(), dc_zoo.PreprocessConfig(size=8)),
-    dc_zoo.ScoringConfig(n_samples=(2,), to_keep=(1,)), image_batch_size=4)
+CLF = label_shift_classifier(image_batch_size=4)
 
 
 @st.composite

@@ -14,8 +14,19 @@ is built. Registration therefore edits those two objects in place, right after
   baselines (``open_clip``-family entries such as ``clip-digits-mini``) load by name, from the
   bundled cache for the miniatures (``--model clip-digits-mini --pretrained dc-zoo``); every
   other name reaches open_clip unchanged;
-- ``clip_benchmark.cli.run`` wrapped to stop unsupported tasks before a model is loaded, and
-  the metric functions wrapped (``tasks.patch_metrics``) when a Diffusion Classifier is loaded;
+- ``clip_benchmark.cli.run`` wrapped to stop unsupported tasks, and an ``--output`` whose folder
+  does not exist (``{pretrained}`` of an ``hf-hub:`` name holds a ``/``), before a model is
+  loaded, and the metric functions wrapped (``tasks.patch_metrics``) when a Diffusion
+  Classifier is loaded;
+- ``clip_benchmark.cli.main`` wrapped so that dc_zoo's own user errors (an invalid
+  ``DC_ZOO_SCORING``, an unknown ``--pretrained`` with its close matches, a bad schedule, a model
+  that is not cached or is damaged, an unsupported task) end as one line
+  ``clip_benchmark: error: <message>`` and exit status 2, not under a traceback; any other
+  exception, clip_benchmark's own included, propagates unchanged;
+- ``clip_benchmark.cli.build_dataset`` wrapped, for Diffusion Classifier runs only, so that a
+  WebDataset sample that cannot be decoded (corrupt or zero-byte image) stops the run with one
+  line naming the shard, the sample key and the reason (exit status 1), instead of webdataset's
+  empty ``DecodingError`` (skipping the sample would change clip_benchmark's metrics silently);
 - ``zeroshot_classification.accuracy`` replaced only where NumPy >= 2.4 breaks it.
 
 How it is triggered. ``python -m dc_zoo.clip_benchmark eval ...`` calls ``register()``
@@ -29,23 +40,108 @@ installed by pip into site-packages, and ``DC_ZOO_NO_CLIP_BENCHMARK_HOOK=1`` tur
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MODEL_NAME", "MODEL_TYPE", "SCORING_ENV", "register", "load_diffusion_classifier",
     "patch_models_module", "patch_cli_module", "patch_zeroshot_module", "is_diffusion_classifier_run",
+    "CorruptSampleError", "USAGE_STATUS", "DATA_STATUS",
 ]
 
 MODEL_NAME = "diffusion-classifier"  # --model diffusion-classifier --pretrained <entry>
 MODEL_TYPE = "diffusion_classifier"  # --model_type diffusion_classifier
 SCORING_ENV = "DC_ZOO_SCORING"  # JSON overrides of the entry's ScoringConfig, e.g. {"n_samples": [10, 50]}
+USAGE_STATUS = 2  # exit status of a user error (argparse's), as `dc-zoo` uses
+DATA_STATUS = 1  # exit status of a sample that cannot be decoded
+_USER_ERROR = "_dc_zoo_user_error"  # attribute marking an exception as a dc_zoo user error
+
+
+class CorruptSampleError(Exception):
+    """A WebDataset sample that cannot be decoded, with its shard, key and reason in the message.
+
+    Built from one string so that it survives torch's DataLoader, which re-raises a worker's
+    exception in the main process as ``type(err)(<worker traceback text>)``.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+    @property
+    def summary(self) -> str:
+        """The message alone: the worker's own line when the DataLoader wrapped it in a traceback."""
+        text = str(self)
+        marker = f"{type(self).__module__}.{type(self).__qualname__}: "
+        lines = [line[len(marker):] for line in text.splitlines() if line.startswith(marker)]
+        return lines[-1] if lines else text.strip()
+
+
+def _decoding_reason(err: BaseException) -> str:
+    cause = err.__cause__ or err.__context__
+    if cause is None:
+        return type(err).__name__
+    text = " ".join(str(cause).split())
+    if "<_io.BytesIO object" in text:  # PIL names the in-memory stream, not the file
+        text = text.split("<_io.BytesIO object")[0].rstrip() or text
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+def _raise_corrupt_sample(err: BaseException) -> bool:
+    """webdataset exception handler of the decode stage: a DecodingError becomes a ``CorruptSampleError``."""
+    from webdataset.autodecode import DecodingError
+
+    if not isinstance(err, DecodingError):
+        raise err
+    k = getattr(err, "k", None)
+    field = f"its {k!r} field" if k else "it"
+    value = (getattr(err, "sample", None) or {}).get(k) if k else None
+    size = f"{len(value):,} bytes, " if isinstance(value, (bytes, bytearray)) else ""
+    raise CorruptSampleError(
+        f"shard {getattr(err, 'url', None) or '<unknown shard>'}, sample {getattr(err, 'key', None) or '<unknown key>'}: "
+        f"{field} cannot be decoded ({size}{_decoding_reason(err)}); the sample is corrupt or empty. clip_benchmark stops "
+        "here, because skipping the sample would change its metrics silently: rewrite the shard without it (or "
+        "repair it), or evaluate with `dc-zoo eval`, which records such samples as failed and goes on."
+    ) from err
+
+
+def _mark_user_error(err: BaseException) -> BaseException:
+    try:
+        setattr(err, _USER_ERROR, True)
+    except AttributeError:  # an exception type with __slots__: reported with its traceback
+        pass
+    return err
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Mark dc_zoo's user errors (bad names, settings, missing or damaged files) raised inside."""
+    from .._hub import ZooHubError
+
+    try:
+        yield
+    except (ValueError, KeyError, ZooHubError) as err:
+        raise _mark_user_error(err)
+
+
+def _user_error_message(err: BaseException) -> tuple[str, int] | None:
+    """``(message, exit status)`` when ``err`` is one of dc_zoo's user errors, else None."""
+    from .._hub import ZooHubError
+    from .model import UnsupportedTaskError
+
+    if isinstance(err, CorruptSampleError):
+        return err.summary, DATA_STATUS
+    if isinstance(err, (UnsupportedTaskError, ZooHubError)) or getattr(err, _USER_ERROR, False):
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        return " ".join(str(message).split()), USAGE_STATUS
+    return None
 
 
 def _scoring_overrides() -> dict[str, Any]:
@@ -79,6 +175,7 @@ def load_diffusion_classifier(model_name: str = MODEL_NAME, pretrained: str = ""
     if not pretrained:
         raise ValueError(f"--model {MODEL_NAME} needs --pretrained <entry>; see dc_zoo.list_models().")
     from .._factory import create_model
+    from ..timestep_plan import validate_stages
     from .model import DiffusionClassifierForClipBenchmark
     from .tasks import patch_metrics
 
@@ -86,11 +183,18 @@ def load_diffusion_classifier(model_name: str = MODEL_NAME, pretrained: str = ""
     kwargs: dict[str, Any] = {"device": device}
     if cache_dir:
         kwargs["cache_dir"] = cache_dir
-    overrides = _scoring_overrides()
-    if overrides:
-        kwargs["scoring"] = overrides  # merged over the entry's own schedule by create_model
-        logger.info("%s: scoring overrides from %s: %s", pretrained, SCORING_ENV, overrides)
-    classifier = create_model(pretrained, **kwargs)
+    with _user_errors():
+        overrides = _scoring_overrides()
+        if overrides:
+            kwargs["scoring"] = overrides  # merged over the entry's own schedule by create_model
+            logger.info("%s: scoring overrides from %s: %s", pretrained, SCORING_ENV, overrides)
+        classifier = create_model(pretrained, **kwargs)
+        scoring = classifier.scoring  # checked now, not after the dataset is opened and the first batch read
+        try:
+            validate_stages(scoring.n_samples, scoring.to_keep, classifier.backend.schedule.num_train_timesteps)
+        except ValueError as err:
+            source = f"{SCORING_ENV}={os.environ[SCORING_ENV].strip()}" if overrides else f"the entry {pretrained}"
+            raise ValueError(f"The schedule of {source} is invalid: {err}") from None
     model = DiffusionClassifierForClipBenchmark(classifier, name=pretrained)
     return model, model.transform, model.tokenizer
 
@@ -149,6 +253,34 @@ def is_diffusion_classifier_run(args: Any) -> bool:
     return getattr(args, "model_type", None) == MODEL_TYPE or getattr(args, "model", None) == MODEL_NAME
 
 
+def _check_output_folder(args: Any, task: str) -> None:
+    """Fail before the evaluation if clip_benchmark could not write its result file after it.
+
+    clip_benchmark fills ``--output`` with the raw ``--pretrained`` name and writes only at the
+    end, into a folder it does not create: ``hf-hub:org/repo`` or a model folder's path put a
+    ``/`` in the file name, and the result of a long run would be lost.
+    """
+    template, pretrained = getattr(args, "output", None), str(getattr(args, "pretrained", ""))
+    if not isinstance(template, str):
+        return
+    dataset = args.dataset[len("wds/"):] if args.dataset.startswith("wds/") else args.dataset
+    is_file = os.path.isfile(pretrained)
+    try:  # the same fields as clip_benchmark.cli.run
+        output = template.format(model=args.model, pretrained=os.path.basename(pretrained) if is_file else pretrained,
+                                 pretrained_full_path=pretrained.replace("/", "_") if is_file else pretrained,
+                                 task=task, dataset=dataset.replace("/", "_"), language=getattr(args, "language", "en"))
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return  # clip_benchmark reports its own template errors
+    folder = os.path.dirname(output)
+    if folder and not os.path.isdir(folder):
+        raise _mark_user_error(ValueError(
+            f"--output {template!r} gives {output!r} for --pretrained {pretrained!r}, and its folder {folder!r} does "
+            "not exist; clip_benchmark writes the result there only after the whole evaluation and does not create "
+            "folders (a '/' in the model name makes one). Create the folder, or leave {pretrained} out of --output "
+            "(e.g. 'results/{dataset}_{task}.json')."
+        ))
+
+
 def _stop_unsupported_tasks_early(run):
     @functools.wraps(run)
     def run_checked(args):
@@ -162,16 +294,70 @@ def _stop_unsupported_tasks_early(run):
                 dataset = args.dataset[len("wds/"):] if args.dataset.startswith("wds/") else args.dataset
                 task = get_dataset_default_task(dataset)
             check_task_supported(task, getattr(args, "save_clf", None), getattr(args, "load_clfs", None))
+            _check_output_folder(args, task)
+            _DC_RUN["active"] = True
+            try:
+                return run(args)
+            finally:
+                _DC_RUN["active"] = False
         return run(args)
 
     run_checked._dc_zoo_wrapped = True
     return run_checked
 
 
+_DC_RUN = {"active": False}  # set while clip_benchmark.cli.run evaluates a Diffusion Classifier
+
+
+def _stop_on_corrupt_samples(dataset: Any) -> Any:
+    """Make the decode stage of clip_benchmark's WebDataset pipeline raise ``CorruptSampleError``."""
+    try:
+        from webdataset.autodecode import Decoder
+        from webdataset.filters import FilterFunction
+    except ImportError:
+        return dataset
+    for stage in getattr(dataset, "pipeline", ()):
+        if isinstance(stage, FilterFunction) and stage.args and isinstance(stage.args[0], Decoder):
+            stage.kw["handler"] = _raise_corrupt_sample
+    return dataset
+
+
+def _name_corrupt_samples(build_dataset):
+    @functools.wraps(build_dataset)
+    def build(*args, **kwargs):
+        dataset = build_dataset(*args, **kwargs)
+        return _stop_on_corrupt_samples(dataset) if _DC_RUN["active"] else dataset
+
+    build._dc_zoo_wrapped = True
+    return build
+
+
+def _report_user_errors(main):
+    @functools.wraps(main)
+    def main_reporting(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - re-raised unless it is one of dc_zoo's user errors
+            reported = _user_error_message(err)
+            if reported is None:
+                raise
+            message, status = reported
+            print(f"clip_benchmark: error: {message}", file=sys.stderr)
+            return status
+
+    main_reporting._dc_zoo_wrapped = True
+    return main_reporting
+
+
 def patch_cli_module(module: Any) -> None:
-    """Wrap ``clip_benchmark.cli.run`` so unsupported tasks stop before loading (idempotent)."""
+    """Wrap ``clip_benchmark.cli`` (idempotent): ``run`` stops unsupported tasks before loading,
+    ``main`` reports dc_zoo's user errors in one line (exit 2), ``build_dataset`` names corrupt samples."""
     if not getattr(module.run, "_dc_zoo_wrapped", False):
         module.run = _stop_unsupported_tasks_early(module.run)
+    if not getattr(module.main, "_dc_zoo_wrapped", False):
+        module.main = _report_user_errors(module.main)
+    if hasattr(module, "build_dataset") and not getattr(module.build_dataset, "_dc_zoo_wrapped", False):
+        module.build_dataset = _name_corrupt_samples(module.build_dataset)
 
 
 def patch_zeroshot_module(module: Any) -> None:

@@ -404,8 +404,8 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
     # clip_benchmark's names and file naming ({dataset}_{pretrained}_{model}_{language}_{task}), as
     # `clip_benchmark eval --model diffusion-classifier --pretrained <entry>` writes them, so the
     # two ways of evaluating an entry land on the same row of `clip_benchmark build`.
-    stem = "_".join([_slug(config.dataset.replace("wds/", "", 1)), model_slug, CLIP_BENCHMARK_MODEL, config.language,
-                     TASK])
+    stem = "_".join([_slug(config.dataset.replace("wds/", "", 1)), model_slug, CLIP_BENCHMARK_MODEL,
+                     _slug(config.language), TASK])
     run_dir = output / stem
     # One launch per run directory (rank 0 holds it to the end); a killed run's lock dies with it.
     lock = RunLock(run_dir / LOCK_NAME)
