@@ -130,3 +130,54 @@ def test_dc_zoo_eval_records_each_unreadable_sample_and_scores_the_others(corpus
         else:  # names the shard, the sample's key and the reason
             assert record["prediction"] == -1 and record["errors"] is None
             assert record["error"].startswith(f"test/0.tar:s{record['index']:07d}.png: ") and case.reason in record["error"]
+
+
+def _stock_clip_benchmark(root, cwd, site):
+    """The stock ``clip_benchmark eval`` console script (dc_zoo reached through its .pth hook)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "clip_benchmark"
+    env = {k: v for k, v in os.environ.items() if k != "DC_ZOO_NO_CLIP_BENCHMARK_HOOK"}
+    env.update(HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", DC_ZOO_SCORING='{"n_samples": [2], "to_keep": [1]}')
+    run_with_hook = ("import runpy, site, sys; site.addsitedir(sys.argv[1]); sys.argv = sys.argv[2:];"
+                     "runpy.run_path(sys.argv[0], run_name='__main__')")
+    argv = [sys.executable, "-c", run_with_hook, str(site), str(script), "eval", "--dataset", "wds/corpus",
+            "--dataset_root", str(root), "--batch_size", "4", "--num_workers", "0", "--quiet", "--model",
+            "diffusion-classifier", "--pretrained", "sd-digits-mini", "--output", "results/{dataset}_{task}.json"]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def stock_site(tmp_path_factory):
+    import shutil
+    from pathlib import Path
+
+    import dc_zoo.clip_benchmark as dc_cb
+
+    site = tmp_path_factory.mktemp("site")
+    shutil.copy(Path(dc_cb.__file__).parent / "dc_zoo_clip_benchmark.pth", site)
+    return site
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cases", [READABLE, *[(READABLE[0], c) for c in UNREADABLE if c.in_webdataset
+                                               and c.name in ("notes.png", "bomb.png")]],
+                         ids=lambda cases: "+".join(c.name for c in cases))
+def test_stock_clip_benchmark_scores_readable_samples_and_names_a_corrupt_one(cases, corpus, stock_site, tmp_path):
+    """(A truncated and an empty sample are in test_clip_benchmark_errors.py.)"""
+    root, cases = write_corpus_webdataset(tmp_path / "wds", corpus, cases)
+    (tmp_path / "results").mkdir()
+    out = _stock_clip_benchmark(root, tmp_path, stock_site)
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    bad = [i for i, c in enumerate(cases) if c.reason is not None]
+    if not bad:
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert json.loads((tmp_path / "results" / "corpus_zeroshot_classification.json").read_text())["metrics"]
+        return
+    assert out.returncode == 1, out.stderr[-3000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("clip_benchmark: error: ") and f"sample s{bad[0]:07d}" in line and "0.tar" in line, line
+    assert "cannot be decoded" in line, line
