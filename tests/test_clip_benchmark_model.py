@@ -97,17 +97,20 @@ def test_metrics_equal_engine_and_survive_amp(metrics_modules, classifier, digit
         {k: v for k, v in results[False].items() if k != "dc_seconds_per_image"}
 
 
-def _expected_caption_selection(classifier, dataset):
-    """Winoground's text/image/group scores from the engine's errors, normalised by the unconditional error."""
+def _expected_caption_selection(classifier, dataset, raw: bool = False):
+    """Winoground's text/image/group scores from the engine's errors, normalised by the unconditional
+    error (``raw``: minus the conditional error alone)."""
     backend = classifier.backend
     text_ok, image_ok = [], []
     for pixels, captions in dataset:
         x0 = backend.encode_images(pixels)
-        conditions = torch.cat([backend.encode_conditions(captions), backend.unconditional()])
+        conditions = backend.encode_conditions(captions)
+        if not raw:
+            conditions = torch.cat([conditions, backend.unconditional()])
         result = score_candidates(backend.denoise, backend.schedule, x0, conditions, single_stage(classifier.scoring),
                                   sample_keys=[image_key(p) for p in pixels], model_dtype=backend.dtype)
         err = result.candidate_errors
-        s = err[:, 2:3] - err[:, :2]  # s[image, caption]: uncond error - cond error
+        s = -err if raw else err[:, 2:3] - err[:, :2]  # s[image, caption]: uncond error - cond error
         text_ok.append(bool(s[0, 0] > s[0, 1] and s[1, 1] > s[1, 0]))
         image_ok.append(bool(s[0, 0] > s[1, 0] and s[1, 1] > s[0, 1]))
     group = [t and i for t, i in zip(text_ok, image_ok)]
@@ -130,6 +133,23 @@ def test_caption_selection_is_diffusion_itm_at_batch_sizes_1_and_4(metrics_modul
         for key, value in expected.items():
             assert metrics[key] == pytest.approx(value), (batch_size, key)
         assert metrics["dc_schedule"].startswith("n_samples=4 to_keep=1")
+
+
+def test_caption_selection_without_the_unconditional_normalisation(metrics_modules, classifier):
+    _, image_caption_selection = metrics_modules
+    from clip_benchmark.datasets.builder import image_captions_collate_fn
+
+    images, labels = digits_subset(8)
+    model = DiffusionClassifierForClipBenchmark(classifier, name="tiny-sd", caption_score="raw")
+    dataset = WinogroundStyleDigits(images, labels, model.transform)
+    expected = _expected_caption_selection(classifier, dataset, raw=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=image_captions_collate_fn)
+    metrics = image_caption_selection.evaluate(model, loader, model.tokenizer, "cpu", amp=True)
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value), key
+    assert metrics["dc_caption_score"] == "raw"
+    with pytest.raises(ValueError, match="caption_score 'plain' unknown"):
+        DiffusionClassifierForClipBenchmark(classifier, caption_score="plain")
 
 
 def test_sugarcrepe_style_true_caption_against_hard_negative(metrics_modules, classifier):

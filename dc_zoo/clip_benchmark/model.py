@@ -17,7 +17,9 @@ lets the metric code's call order deliver them:
   unconditional error of each image, and caption features carry ``uncond error - cond error``
   (Krojer et al., Diffusion-ITM). Within an image (text direction) subtracting the image's own
   unconditional error changes nothing; across images (image direction) it removes the bias
-  toward images that are easy to denoise.
+  toward images that are easy to denoise. ``caption_score="raw"`` (``DC_ZOO_CAPTION_SCORE=raw``)
+  scores ``-cond error`` instead, the paper's plain rule, to measure what the normalisation
+  buys.
 
 Networks run with autocast disabled, in the entry's own dtype, so ``--no_amp`` does not change
 a single prediction.
@@ -55,6 +57,7 @@ IMAGE_CAPTION_SELECTION = "image_caption_selection"
 ZEROSHOT_RETRIEVAL = "zeroshot_retrieval"
 PAIR_TASKS = (IMAGE_CAPTION_SELECTION, ZEROSHOT_RETRIEVAL)
 LOGIT_SCALE = 100.0  # clip_benchmark: logits = 100 * normalize(image_features) @ classifier
+CAPTION_SCORES = ("normalized", "raw")  # uncond - cond error (Diffusion-ITM), or -cond error
 
 
 class UnsupportedTaskError(ValueError):
@@ -143,8 +146,12 @@ class DiffusionClassifierForClipBenchmark(nn.Module):
         stats: images, network evaluations, seconds and predictions of the current task.
     """
 
-    def __init__(self, classifier: Any, name: str | None = None):
+    def __init__(self, classifier: Any, name: str | None = None, caption_score: str = "normalized"):
         super().__init__()
+        if caption_score not in CAPTION_SCORES:
+            raise ValueError(f"caption_score {caption_score!r} unknown; choose one of {CAPTION_SCORES} "
+                             "(normalized: unconditional minus conditional error; raw: minus conditional error).")
+        self.caption_score = caption_score
         self.classifier = classifier
         self.backend = classifier.backend  # a registered submodule: .eval()/.to() reach the networks
         entry = getattr(classifier, "entry", None)
@@ -227,6 +234,7 @@ class DiffusionClassifierForClipBenchmark(nn.Module):
                             f"loss={s.loss} n_trials={s.n_trials}"),
             "dc_seed": s.seed,
             "dc_candidates": len(self.candidates) if self.candidates is not None else None,
+            "dc_caption_score": self.caption_score if self.task in PAIR_TASKS else None,
         }
 
     # ------------------------------------------------------------------ the CLIP interface
@@ -319,7 +327,10 @@ class DiffusionClassifierForClipBenchmark(nn.Module):
         backend = self.backend
         start = time.perf_counter()
         x0 = backend.encode_images(pixels.to(backend.device))
-        conditions = _append_condition(backend.encode_conditions(texts), backend.unconditional())
+        conditions = backend.encode_conditions(texts)
+        normalized = self.caption_score == "normalized"
+        if normalized:
+            conditions = _append_condition(conditions, backend.unconditional())
         scoring = self.classifier.scoring_for(self.scoring, x0, conditions)
         result = score_candidates(backend.denoise, backend.schedule, x0, conditions, scoring,
                                   sample_keys=keys, model_dtype=backend.dtype, pad_batches=backend.static_batch)
@@ -327,7 +338,8 @@ class DiffusionClassifierForClipBenchmark(nn.Module):
         self.stats.images += len(keys)
         self.stats.evaluations += int(result.evaluations.sum())
         errors = result.candidate_errors.float().cpu()
-        normalised = errors[:, -1:] - errors[:, :-1]  # [images, captions]; higher = better match
+        # [images, captions]; higher = better match
+        normalised = errors[:, -1:] - errors[:, :-1] if normalized else -errors
         n_images = normalised.shape[0]
         values = encode_ranks(normalised, dim=None, top_exponent=top_exponent_for_unit_columns(n_images))
         pad = (1.0 - values.square().sum(dim=0)).clamp_min(0).sqrt()

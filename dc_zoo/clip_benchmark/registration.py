@@ -60,6 +60,7 @@ __all__ = [
 MODEL_NAME = "diffusion-classifier"  # --model diffusion-classifier --pretrained <entry>
 MODEL_TYPE = "diffusion_classifier"  # --model_type diffusion_classifier
 SCORING_ENV = "DC_ZOO_SCORING"  # JSON overrides of the entry's ScoringConfig, e.g. {"n_samples": [10, 50]}
+CAPTION_SCORE_ENV = "DC_ZOO_CAPTION_SCORE"  # caption selection: "normalized" (default, Diffusion-ITM) or "raw"
 USAGE_STATUS = 2  # exit status of a user error (argparse's), as `dc-zoo` uses
 DATA_STATUS = 1  # exit status of a sample that cannot be decoded
 _USER_ERROR = "_dc_zoo_user_error"  # attribute marking an exception as a dc_zoo user error
@@ -176,7 +177,7 @@ def load_diffusion_classifier(model_name: str = MODEL_NAME, pretrained: str = ""
         raise ValueError(f"--model {MODEL_NAME} needs --pretrained <entry>; see dc_zoo.list_models().")
     from .._factory import create_model
     from ..timestep_plan import validate_stages
-    from .model import DiffusionClassifierForClipBenchmark
+    from .model import CAPTION_SCORES, DiffusionClassifierForClipBenchmark
     from .tasks import patch_metrics
 
     patch_metrics()
@@ -195,7 +196,12 @@ def load_diffusion_classifier(model_name: str = MODEL_NAME, pretrained: str = ""
         except ValueError as err:
             source = f"{SCORING_ENV}={os.environ[SCORING_ENV].strip()}" if overrides else f"the entry {pretrained}"
             raise ValueError(f"The schedule of {source} is invalid: {err}") from None
-    model = DiffusionClassifierForClipBenchmark(classifier, name=pretrained)
+        caption_score = os.environ.get(CAPTION_SCORE_ENV, "").strip() or "normalized"
+        if caption_score not in CAPTION_SCORES:
+            raise ValueError(f"{CAPTION_SCORE_ENV}={caption_score!r} is unknown; choose one of {CAPTION_SCORES} "
+                             "(normalized: unconditional minus conditional error, Diffusion-ITM; raw: minus the "
+                             "conditional error).")
+        model = DiffusionClassifierForClipBenchmark(classifier, name=pretrained, caption_score=caption_score)
     return model, model.transform, model.tokenizer
 
 
