@@ -57,12 +57,12 @@ setup(
         "pillow>=9",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.80", "scikit-learn>=1.3", "scikit-image>=0.21", "webdataset>=0.2",
+        "test": ["pytest>=7", "hypothesis>=6.80", "scikit-learn>=1.3", "scikit-image>=0.21", "webdataset>=1.0",
                  "matplotlib>=3.5", "datasets>=2.14"],
         "train": ["scikit-learn>=1.3", "matplotlib>=3.5"],
         # The embedded lab: glyphs are drawn with matplotlib's bundled fonts; the relations set is
         # read by clip_benchmark's Winoground loader through datasets.
-        "lab": ["scikit-learn>=1.3", "matplotlib>=3.5", "datasets>=2.14", "webdataset>=0.2"],
+        "lab": ["scikit-learn>=1.3", "matplotlib>=3.5", "datasets>=2.14", "webdataset>=1.0"],
         "winoground": ["datasets>=2.14"],
     },
     entry_points={"console_scripts": ["dc-zoo=dc_zoo.cli:main"]},

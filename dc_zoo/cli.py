@@ -17,6 +17,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -248,9 +249,11 @@ def _split_trailing_files(values: Sequence[str] | None) -> tuple[list[str] | Non
     """``--classes cat dog a.png b/`` -> (["cat", "dog"], ["a.png", "b/"]).
 
     argparse cannot tell where a list option ends and the IMAGE arguments begin, so it gives
-    the images to the last list option. Its trailing values that exist on disk, or that end in
-    an image file extension (``.png``, ``.jpg``, ...), are images: a missing ``missing.png`` is
-    then reported as a missing image, never taken for a class. ``--`` ends the list explicitly.
+    the images to the last list option. Its trailing values that are existing files, end in an
+    image file extension (``.png``, ``.jpg``, ...) or end in ``/`` (a folder) are images: a
+    missing ``missing.png`` is then reported as a missing image, never taken for a class, and a
+    class named like a folder next to it (ImageFolder layouts: ``cat``, ``dog``) stays a class.
+    ``--`` ends the list explicitly.
     """
     if values is None:
         return None, []
@@ -264,7 +267,8 @@ def _looks_like_image_argument(value: str) -> bool:
     if not value.strip():
         return False  # an empty class name, refused as such (Path("") would be the current folder)
     path = Path(value)
-    return path.exists() or path.is_symlink() or path.suffix.lower() in IMAGE_EXTENSIONS
+    return (path.is_file() or path.is_symlink() or value.endswith(("/", os.sep))
+            or path.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _integers(values: Sequence[str] | None, option: str) -> tuple[int, ...] | None:
@@ -396,8 +400,8 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
                "  dc-zoo classify --model sd-2-base --classes cat dog --template 'a photo of a {}.' --loss l1 pet.jpg\n"
                "  dc-zoo classify --model dit-xl-2-256 --n-samples 25 250 --to-keep 10 1 photo.jpg\n"
                "  dc-zoo classify --model sd-2-base --classes cat dog -- photos/   (a folder: its image files)\n"
-               "\nimages: the values after --classes that exist on disk or end in an image extension (.png, .jpg, ...)\n"
-               "are images, or put `--` before them. An unreadable file (missing, empty, truncated, not an image) is\n"
+               "\nimages: the values after --classes that are files, end in an image extension (.png, .jpg, ...) or\n"
+               "in / (a folder) are images, or put `--` before them. An unreadable file (missing, empty, truncated, not an image) is\n"
                "reported by path with the reason and the others are classified.\n"
                "exit status: 0 all classified; 1 some images could not be read; 2 bad usage or model.")
     model = parser.add_argument_group("model")

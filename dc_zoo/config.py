@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .losses import LOSSES
+from .timestep_plan import validate_stages
 
 __all__ = ["PreprocessConfig", "ScoringConfig", "INTERPOLATIONS", "CROPS", "parse_batch_size"]
 
@@ -54,15 +55,7 @@ class ScoringConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "n_samples", _stage_tuple("n_samples", self.n_samples))
         object.__setattr__(self, "to_keep", _stage_tuple("to_keep", self.to_keep))
-        if len(self.n_samples) != len(self.to_keep):
-            raise ValueError(
-                f"n_samples {self.n_samples} and to_keep {self.to_keep} must have the same length: stage k evaluates "
-                "n_samples[k] timesteps and then keeps to_keep[k] candidates."
-            )
-        if self.to_keep[-1] != 1:
-            raise ValueError(f"The last to_keep must be 1 (the prediction is the single survivor), got {self.to_keep}.")
-        if any(b > a for a, b in zip(self.to_keep, self.to_keep[1:])):
-            raise ValueError(f"to_keep must not increase from one stage to the next, got {self.to_keep}.")
+        validate_stages(self.n_samples, self.to_keep, None)  # the plan's rules; the model's T: by the engine
         if not isinstance(self.loss, str) or self.loss not in LOSSES:
             raise ValueError(f"Unknown loss {self.loss!r}; choose one of {LOSSES}.")
         object.__setattr__(self, "n_trials", _positive_int("n_trials", self.n_trials))

@@ -6,8 +6,9 @@ way it arrives. The conversions are the ones photo viewers and torchvision's dec
 
 - the EXIF orientation is applied (``ImageOps.exif_transpose``), a phone photo is upright;
 - transparency (RGBA, LA, palette with alpha) is composited on white, not dropped;
-- 16- and 32-bit integer images (PNG modes ``I;16``, ``I``) are scaled from their bit depth
-  to 8 bits instead of being clipped at 255 (which turns most of them white);
+- 16-bit images (PNG modes ``I;16``, or ``I`` for a 16-bit PNG) are scaled from their bit
+  depth to 8 bits instead of being clipped at 255 (which turns most of them white); other
+  32-bit integer images have no fixed range and are refused;
 - float images (mode ``F``) must hold values in ``[0, 1]``; anything else is an error.
 
 A file that cannot be read raises ``ImageReadError``, which names the file and the reason
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = ["ImageInputError", "ImageReadError", "check_image_file", "load_image", "decode_image_bytes", "to_rgb", "is_image_path", "image_files_in",
            "IMAGE_EXTENSIONS"]
 
-# File name endings PIL can open (jpg, png, webp, tif, bmp, gif, ...), lower case with the dot.
-IMAGE_EXTENSIONS = tuple(sorted({ext.lower() for ext in Image.registered_extensions()}))
+# File name endings PIL can open (jpg, png, webp, tif, bmp, gif, ...; not write-only formats such as pdf).
+IMAGE_EXTENSIONS = tuple(sorted({ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}))
 
 
 class ImageInputError(ValueError):
@@ -43,6 +44,9 @@ class ImageInputError(ValueError):
     def __init__(self, reason: str, index: int | None = None, name: Any = None):
         self.index, self.name, self.reason = index, name, reason
         super().__init__(f"{describe_image(index, name)}: {reason}")
+
+    def __reduce__(self):  # pickled across DataLoader workers: rebuilt from its parts, not its message
+        return type(self), (self.reason, self.index, self.name)
 
     def at(self, index: int | None = None, name: Any = None) -> "ImageInputError":
         """The same error placed at ``index`` / ``name`` (keeps what is already known)."""
@@ -111,17 +115,23 @@ def decode_image_bytes(data: bytes, name: Any = None) -> Image.Image:
     return _decode(io.BytesIO(data), name)
 
 
+def _bomb(pixels: int, name: Any) -> ImageReadError:
+    return ImageReadError(f"declares {pixels:,} pixels, more than PIL's safety limit of {Image.MAX_IMAGE_PIXELS:,}; "
+                          "it may be a decompression bomb. If you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS.",
+                          name=name)
+
+
 def _decode(source: Any, name: Any) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
-                image.load()
-                return ImageOps.exif_transpose(image) if _has_orientation(image) else image.copy()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageReadError(
-            f"declares more pixels than PIL's safety limit of {Image.MAX_IMAGE_PIXELS:,} ({err}); it may be a "
-            "decompression bomb. If you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS.", name=name) from None
+        with Image.open(source) as image:
+            # PIL only warns between 1x and 2x its limit (and warnings are process-wide): check here.
+            if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
+                raise _bomb(image.width * image.height, name)
+            image.load()
+            return ImageOps.exif_transpose(image) if _has_orientation(image) else image.copy()
+    except Image.DecompressionBombError as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        raise _bomb(int(found.group(1)) if found else 0, name) from None
     except UnidentifiedImageError:
         raise ImageReadError("is not an image file PIL can read (unknown or damaged format).", name=name) from None
     except (OSError, SyntaxError, ValueError) as err:  # truncated data, bad chunks, unsupported modes
@@ -163,11 +173,14 @@ def _high_depth_to_uint8(image: Image.Image) -> np.ndarray:
                                   "be in [0, 1]: convert it to 8 or 16 bits, or pass its pixels as an array with "
                                   "value_range=(low, high).")
         return np.round(values * 255).astype(np.uint8)
+    # 16-bit files open as "I;16*", or as "I" on some Pillow versions (a 16-bit PNG): those are
+    # scaled from 16 bits. Any other 32-bit integer image has no fixed range: not guessed.
+    if not (image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG")):
+        raise ImageInputError("is a 32-bit integer (mode I) image, which has no fixed value range: convert it to 8 "
+                              "or 16 bits, or pass its pixels as an array with value_range=(low, high).")
     values = values.astype(np.int64)
     low, high = int(values.min()), int(values.max())
-    if low < 0:
-        raise ImageInputError(f"is a signed 32-bit image with negative values (min {low}); pass its pixels as an "
-                              "array with value_range=(low, high).")
-    # 16-bit PNG opens as "I;16" or "I" (PIL widens it); more than 16 bits of range is unusual.
-    depth = 65535 if high <= 65535 else 2**32 - 1
-    return np.round(values * (255.0 / depth)).astype(np.uint8)
+    if low < 0 or high > 65535:
+        raise ImageInputError(f"is a 16-bit image with values in [{low}, {high}], outside 0..65535; pass its pixels "
+                              "as an array with value_range=(low, high).")
+    return np.round(values * (255.0 / 65535)).astype(np.uint8)

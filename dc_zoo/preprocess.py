@@ -6,7 +6,8 @@ messages are preferred to silently correcting erroneous input"):
 - **file paths** (``str`` / ``os.PathLike``) and **PIL images** of any mode: decoded and made
   RGB by ``dc_zoo.image_io`` (EXIF orientation applied, alpha composited on white, 16-bit
   scaled from its depth);
-- **numpy arrays** ``HW`` / ``HWC`` (``CHW`` accepted when unambiguous) and **torch tensors**
+- **numpy arrays** ``HW`` / ``HWC`` (channels-last, as PIL; ``[3, H, W]`` is refused with the
+  fix, since it could be three grey images) and **torch tensors**
   ``[C, H, W]`` / ``[B, C, H, W]`` with 1, 3 or 4 channels: ``uint8`` is 0..255, ``uint16``
   0..65535, floating point 0..1 (torchvision's convention). Any other range, such as
   diffusers' [-1, 1] or floats in 0..255, is passed with ``value_range=(low, high)``; values
@@ -118,17 +119,20 @@ def _to_unit(values: np.ndarray, value_range: tuple[float, float] | None) -> np.
 
 
 def _channels_first(array: np.ndarray) -> np.ndarray:
-    """``[C, H, W]`` from a numpy ``HW`` / ``HWC`` (or unambiguous ``CHW``) array."""
+    """``[C, H, W]`` from a numpy ``HW`` / ``HWC`` array (numpy images are channels-last, as PIL's)."""
     if array.ndim == 2:
         return array[None]
     if array.ndim != 3:
-        raise ImageInputError(f"is a numpy array of shape {array.shape}; images are HW, HWC or CHW.")
+        raise ImageInputError(f"is a numpy array of shape {array.shape}; numpy images are HW or HWC (a batch: "
+                              "[B, H, W, C]).")
     if array.shape[-1] in _CHANNELS:
         return np.moveaxis(array, -1, 0)
-    if array.shape[0] in _CHANNELS:
-        return array
-    raise ImageInputError(f"is a numpy array of shape {array.shape} with neither first nor last axis 1, 3 or 4 "
-                          "channels; give HWC (or CHW) pixels.")
+    if array.shape[0] in _CHANNELS:  # [3, H, W] could also be 3 grey images: not guessed
+        raise ImageInputError(f"is a numpy array of shape {array.shape}, which looks channels-first; numpy images "
+                              "are channels-last: pass np.moveaxis(image, 0, -1) (or torch.from_numpy(image), "
+                              "tensors being channels-first), or a batch of grey images as [B, H, W, 1].")
+    raise ImageInputError(f"is a numpy array of shape {array.shape} whose last axis is not 1, 3 or 4 channels; "
+                          "give HW or HWC pixels.")
 
 
 def _rgb_unit(x: np.ndarray) -> np.ndarray:
@@ -244,6 +248,9 @@ def validate_images(items: Sequence[Any], *, value_range: Any = None, names: Seq
         ImageInputError, TypeError: as ``to_pixels``, for the first bad item.
     """
     value_range = check_value_range(value_range)
+    if value_range is not None and not any(isinstance(item, (np.ndarray, torch.Tensor)) for item in items):
+        raise ValueError(f"value_range={value_range} applies to numpy arrays and tensors, but every image here is a "
+                         "file or a PIL image (their range is fixed by their mode): leave value_range out.")
     for i, item in enumerate(items):
         try:
             if is_image_path(item):

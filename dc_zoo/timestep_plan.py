@@ -16,8 +16,9 @@ import torch
 __all__ = ["TimestepPlan", "validate_stages"]
 
 
-def validate_stages(n_samples: Sequence[int], to_keep: Sequence[int], num_train_timesteps: int) -> None:
-    """Check a stage schedule for what the plan can serve; raise ``ValueError`` naming the fix."""
+def validate_stages(n_samples: Sequence[int], to_keep: Sequence[int], num_train_timesteps: int | None) -> None:
+    """Check a stage schedule for what the plan can serve; raise ``ValueError`` naming the fix
+    (``num_train_timesteps=None``: everything but the model's timestep count, as ``ScoringConfig`` does)."""
     n_samples, to_keep = list(n_samples), list(to_keep)
     if not n_samples or not to_keep:
         raise ValueError(
@@ -39,7 +40,7 @@ def validate_stages(n_samples: Sequence[int], to_keep: Sequence[int], num_train_
     if any(b > a for a, b in zip(to_keep, to_keep[1:])):
         raise ValueError(f"to_keep must not increase from one stage to the next, got {tuple(to_keep)}.")
     max_n = max(n_samples)
-    if max_n > num_train_timesteps:
+    if num_train_timesteps is not None and max_n > num_train_timesteps:
         raise ValueError(
             f"n_samples asks for {max_n} timesteps but the model was trained on only "
             f"{num_train_timesteps}; use at most {num_train_timesteps}."

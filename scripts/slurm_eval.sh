@@ -11,7 +11,9 @@
 # resumes where the records stop, and gives the numbers an uninterrupted run would. The records
 # need a filesystem every node sees ($OUTPUT). Nodes may be added or removed between resumes.
 # On preemption SLURM sends SIGTERM: every rank stores the chunk in flight, writes nothing torn
-# and exits with status 143 ("stopped by SIGTERM ... re-run the same command to resume").
+# and exits with status 143 ("stopped by SIGTERM ... re-run the same command to resume"). SLURM
+# (KillWait) and torchrun send SIGKILL about 30 s later: a chunk still being scored then is
+# dropped and scored again on resume (never stored torn); --signal=TERM@120 warns earlier.
 #
 # Without SLURM, the same rendezvous by hand (run on each of two nodes, node0 being the first):
 #   torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint node0:29500 \

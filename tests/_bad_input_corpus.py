@@ -38,7 +38,7 @@ CASES = (
     Case("truncated.png", "is damaged or truncated"),
     Case("empty.png", "is empty (0 bytes)"),
     Case("notes.png", "is not an image file PIL can read"),
-    Case("bomb.png", "more pixels than PIL's safety limit"),
+    Case("bomb.png", "more than PIL's safety limit"),
     Case("folder.png", "is a directory", in_webdataset=False),
     Case("dangling.png", "is a broken symbolic link", in_webdataset=False),
     Case("missing.png", "does not exist", in_webdataset=False),

@@ -4,6 +4,7 @@ are classified, the same way everywhere."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import dc_zoo
@@ -181,3 +182,16 @@ def test_stock_clip_benchmark_scores_readable_samples_and_names_a_corrupt_one(ca
     line = out.stderr.strip().splitlines()[-1]
     assert line.startswith("clip_benchmark: error: ") and f"sample s{bad[0]:07d}" in line and "0.tar" in line, line
     assert "cannot be decoded" in line, line
+
+
+def test_class_names_that_are_folders_stay_classes(corpus, tiny_pipelines, tmp_path, monkeypatch, capsys):
+    """ImageFolder layouts: ``--classes cat dog cat/`` has two classes and the images of cat/."""
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "1.png").write_bytes((corpus / "good.png").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert main(["classify", "--model", str(tiny_pipelines.sd_dir), "--classes", "cat", "dog", *SCHEDULE,
+                 "--no-progress", "--json", "cat/"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["image"] for r in results] == [str(Path("cat") / "1.png")]
+    assert {t["class"] for t in results[0]["top"]} == {"cat", "dog"}

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from dc_zoo.evaluation.run import launch_lock_path
+
 from _eval_fixtures import (LIMIT, digits_root, eval_args, eval_in_process, eval_model, read_results,  # noqa: F401
                             result_files, run_eval, start_eval)
 
@@ -90,8 +92,10 @@ def test_second_launch_is_refused_naming_the_holder_and_a_killed_run_resumes(ref
     try:
         _wait_for_records(first, tmp_path)
         first.send_signal(signal.SIGSTOP)  # frozen while holding the lock, so it cannot finish meanwhile
-        lock_file = tmp_path / STEM / "eval.lock"
+        # The launch lock, taken before the model loads, refuses the second launch first.
+        lock_file = launch_lock_path(tmp_path, eval_model, "wds/digits", "test")
         holder = json.loads(lock_file.read_text())
+        assert (tmp_path / STEM / "eval.lock").exists()  # and the run directory's own lock is held too
         assert holder["pid"] == first.pid and holder["host"] == socket.gethostname() and holder["started"]
         store_before = _rank_file(tmp_path).read_bytes()
 
@@ -245,14 +249,14 @@ def test_a_real_full_disk_is_one_line_and_the_rerun_after_freeing_space_resumes(
     try:
         output = disk / "results"
         args = eval_args(eval_model, digits_root, output)
-        _leave_free(disk, 2)  # the lock file and one page of records: full part-way through scoring
+        _leave_free(disk, 3)  # the two lock files and one page of records: full part-way through scoring
         assert eval_in_process(args) == 2
         err = _error_line(capsys.readouterr().err)
         assert f"no space left on the device holding {output / STEM / 'store'}" in err
         stored = _assert_whole_chunks(_rank_file(output), reference)
         assert 0 < stored < LIMIT
 
-        _leave_free(disk, 3)  # room for every record, not for samples.jsonl: full at the merge
+        _leave_free(disk, 4)  # room for every record, not for samples.jsonl: full at the merge
         assert eval_in_process(args) == 2
         err = _error_line(capsys.readouterr().err)
         assert f"Could not write {output / STEM / 'samples.jsonl'}: no space left" in err

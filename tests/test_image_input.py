@@ -66,9 +66,28 @@ def test_classify_takes_value_range(counting_clf):
     torch.testing.assert_close(a.errors, b.errors)
 
 
-def test_channels_first_uint8_array_equals_channels_last():
+def test_channels_first_uint8_array_is_refused_with_the_fix_and_the_tensor_route_works():
     array = _rgb()
-    assert torch.equal(to_pixels(np.ascontiguousarray(array.transpose(2, 0, 1)), CONFIG), to_pixels(array, CONFIG))
+    chw = np.ascontiguousarray(array.transpose(2, 0, 1))
+    with pytest.raises(ImageInputError, match=r"looks channels-first.*np\.moveaxis\(image, 0, -1\)"):
+        to_pixels(chw, CONFIG)  # [3, H, W] might be three grey images: not guessed
+    assert torch.equal(to_pixels(np.moveaxis(chw, 0, -1), CONFIG), to_pixels(array, CONFIG))
+    torch.testing.assert_close(to_pixels(torch.from_numpy(chw), CONFIG), to_pixels(array, CONFIG), atol=0.05, rtol=0)
+
+
+def test_value_range_for_files_only_is_an_error(counting_clf, tmp_path):
+    clf, _ = counting_clf
+    path = tmp_path / "a.png"
+    Image.fromarray(_rgb()).save(path)
+    with pytest.raises(ValueError, match="value_range=.*applies to numpy arrays and tensors"):
+        clf.classify([path], [0, 1], value_range=(-1, 1))
+
+
+def test_32_bit_integer_images_are_not_guessed():
+    image = Image.fromarray(np.full((8, 8), 200, np.int32))
+    assert image.mode == "I"
+    with pytest.raises(ImageInputError, match=r"32-bit integer \(mode I\) image.*value_range"):
+        to_pixels(image, CONFIG)
 
 
 def test_alpha_of_arrays_and_tensors_is_composited_on_white_like_pil():
@@ -176,7 +195,7 @@ def test_decompression_bomb_is_refused_by_name(tmp_path, monkeypatch):
     path = tmp_path / "bomb.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(ImageReadError, match=r"bomb.png.*more pixels than PIL's safety limit.*MAX_IMAGE_PIXELS"):
+    with pytest.raises(ImageReadError, match=r"bomb.png.*4,096 pixels, more than PIL's safety limit.*MAX_IMAGE_PIXELS"):
         load_image(path)
 
 

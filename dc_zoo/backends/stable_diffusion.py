@@ -23,8 +23,9 @@ __all__ = ["StableDiffusionBackend", "warn_truncated_prompts"]
 logger = logging.getLogger(__name__)
 
 
-def warn_truncated_prompts(tokenizer, prompts: Sequence[str]) -> list[str]:
-    """Warn once per call, as diffusers pipelines do, naming the prompts the text encoder will cut.
+def warn_truncated_prompts(tokenizer, prompts: Sequence[str], already_warned: set | None = None) -> list[str]:
+    """Warn, as diffusers pipelines do, naming the prompts the text encoder will cut (each prompt
+    once when the caller keeps ``already_warned``).
 
     The text encoder sees ``tokenizer.model_max_length`` tokens (77 for SD's CLIP, 16 for the
     digits miniature) including the start and end tokens; words past them are ignored.
@@ -33,8 +34,20 @@ def warn_truncated_prompts(tokenizer, prompts: Sequence[str]) -> list[str]:
         The prompts that are too long.
     """
     limit = int(tokenizer.model_max_length)
-    lengths = [len(ids) for ids in tokenizer(list(prompts), truncation=False).input_ids]
-    long = [(p, n) for p, n in zip(prompts, lengths) if n > limit]
+    fresh = [p for p in dict.fromkeys(prompts) if already_warned is None or p not in already_warned]
+    if not fresh:
+        return []
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its own "sequence length" warning would repeat ours
+    try:
+        lengths = [len(ids) for ids in tokenizer(fresh, truncation=False).input_ids]
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    long = [(p, n) for p, n in zip(fresh, lengths) if n > limit]
+    if already_warned is not None:
+        already_warned.update(fresh)
     if long:
         shown = "; ".join(f"{p!r} ({n} tokens)" for p, n in long[:5])
         more = f" and {len(long) - 5} more" if len(long) > 5 else ""
@@ -60,6 +73,7 @@ class StableDiffusionBackend(DiffusionBackend):
         size = getattr(unet.config, "sample_size", 64) * (2 ** (len(vae.config.block_out_channels) - 1))
         self.preprocess = preprocess or PreprocessConfig(size=int(size))
         self.text_chunk_size = text_chunk_size
+        self._prompts_checked: set[str] = set()  # prompts already checked against the token limit
 
     @classmethod
     def from_pipeline(cls, pipe, preprocess: PreprocessConfig | None = None) -> "StableDiffusionBackend":
@@ -77,7 +91,7 @@ class StableDiffusionBackend(DiffusionBackend):
             raise TypeError(
                 f"Stable Diffusion candidates are prompts (str); got {type(bad[0]).__name__} {bad[0]!r}."
             )
-        warn_truncated_prompts(self.tokenizer, prompts)
+        warn_truncated_prompts(self.tokenizer, prompts, self._prompts_checked)
         device = next(self.text_encoder.parameters()).device
         use_mask = bool(getattr(self.text_encoder.config, "use_attention_mask", False))
         out = []

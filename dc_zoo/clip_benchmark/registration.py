@@ -315,16 +315,46 @@ def _stop_unsupported_tasks_early(run):
 _DC_RUN = {"active": False}  # set while clip_benchmark.cli.run evaluates a Diffusion Classifier
 
 
+_WDS_IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")  # what clip_benchmark's WebDataset reader takes
+
+
+def _dc_zoo_image_decoder(key: str, data: bytes) -> Any:
+    """webdataset decoder handler: image fields decoded by ``dc_zoo.image_io`` (EXIF orientation,
+    alpha kept for the transform to composite on white, 16-bit kept for it to scale, bombs
+    refused), as ``classify()`` and ``dc-zoo eval`` decode them; other fields go on to the next handler."""
+    from ..image_io import decode_image_bytes
+
+    if key.rsplit(".", 1)[-1].lower() not in _WDS_IMAGE_EXTENSIONS:
+        return None
+    return decode_image_bytes(data)
+
+
 def _stop_on_corrupt_samples(dataset: Any) -> Any:
-    """Make the decode stage of clip_benchmark's WebDataset pipeline raise ``CorruptSampleError``."""
+    """Decode clip_benchmark's images as dc_zoo does, and name a sample that cannot be decoded.
+
+    WebDataset pipelines: ``_dc_zoo_image_decoder`` goes first in the decode stage and that
+    stage raises ``CorruptSampleError``. Image folders (torchvision's ``DatasetFolder``): their
+    ``loader`` becomes ``dc_zoo.image_io.load_image``.
+    """
+    from ..image_io import load_image
+
+    if callable(getattr(dataset, "loader", None)) and isinstance(getattr(dataset, "samples", None), list):
+        dataset.loader = load_image
     try:
         from webdataset.autodecode import Decoder
         from webdataset.filters import FilterFunction
     except ImportError:
         return dataset
+    patched = False
     for stage in getattr(dataset, "pipeline", ()):
         if isinstance(stage, FilterFunction) and stage.args and isinstance(stage.args[0], Decoder):
             stage.kw["handler"] = _raise_corrupt_sample
+            if _dc_zoo_image_decoder not in stage.args[0].handlers:
+                stage.args[0].handlers.insert(0, _dc_zoo_image_decoder)
+            patched = True
+    if getattr(dataset, "pipeline", None) and not patched:
+        logger.warning("this webdataset version's pipeline has no decode stage dc_zoo knows: a corrupt sample "
+                       "will end the run with webdataset's own error")
     return dataset
 
 

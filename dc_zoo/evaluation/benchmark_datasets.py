@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..image_io import ImageReadError, decode_image_bytes
+from ..image_io import load_image as decode_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -262,8 +263,7 @@ class BenchmarkDataset:
             return
         if hasattr(self.source, "__getitem__") and hasattr(self.source, "__len__"):
             for i in wanted:
-                image, label = self.source[i]
-                yield i, image, int(label)
+                yield (i, *self._indexed_sample(i))
             return
         # A stream (WebDataset): read in order, keep the wanted ones, stop after the last.
         stream = read_local_wds(self.wds_root, self.wds_shards) if self.wds_shards else self.source
@@ -275,6 +275,31 @@ class BenchmarkDataset:
                 if position == len(wanted):
                     return
         raise IndexError(f"{self.name} ended after {i + 1} samples but sample {wanted[position]} was asked for.")
+
+
+    def _indexed_sample(self, i: int) -> tuple[Any, int]:
+        """Sample ``i`` of an indexable dataset; an image that cannot be read is this sample's
+        failure (an ``UnreadableSample`` naming its file), never the run's. Image folders
+        (torchvision's ``DatasetFolder``: ``samples`` of (path, label)) are decoded by
+        ``dc_zoo.image_io``, like ``classify()`` and the WebDataset reader."""
+        files = getattr(self.source, "samples", None)
+        if isinstance(files, list) and files and isinstance(files[0], tuple) and len(files[0]) == 2:
+            path, label = files[i]
+            try:
+                return decode_image_file(path), int(label)
+            except ImageReadError as err:
+                where = Path(path)
+                return UnreadableSample(str(where.parent), where.name, err.reason), int(label)
+        try:
+            image, label = self.source[i]
+        except (OSError, ValueError, SyntaxError) as err:  # decoding inside a dataset we do not read ourselves
+            targets = getattr(self.source, "targets", None)
+            if targets is None:
+                raise ValueError(f"Sample {i} of {self.name} cannot be read ({type(err).__name__}: {err}) and the "
+                                 "dataset does not expose its label, so it cannot be recorded as failed: repair or "
+                                 "remove that sample.") from err
+            return UnreadableSample(self.name, f"sample {i}", f"{type(err).__name__}: {err}"), int(targets[i])
+        return image, int(label)
 
 
 def load_benchmark_dataset(name: str, root: str, split: str = "test", download: bool = False,

@@ -53,7 +53,8 @@ runs that fail or collide:
   runs, naming its host, pid and start time (rank 0 holds a flock on <output>/<stem>/eval.lock;
   a killed run holds none, so its resume is never blocked; some network filesystems do not
   enforce flock). SIGTERM (SLURM preemption) finishes the chunk in flight, stores it whole and
-  exits with status 143: re-run the same command to resume. A full disk stops the run with one
+  exits with status 143: re-run the same command to resume (a chunk still running when SIGKILL
+  follows, ~30 s later under torchrun or SLURM, is dropped and scored again). A full disk stops the run with one
   line naming the folder (exit 2), nothing torn or temporary left: free space, re-run. An image
   that cannot be decoded is recorded as a failed sample (its shard, key and reason) and counted
   in failed_images; the run goes on. Record lines carry a CRC-32; an edited record is refused

@@ -94,6 +94,13 @@ class RunIdentity:
         diffs = stored.differences(self)
         if not diffs:
             return
+        if stored.store_format != self.store_format:
+            raise IdentityMismatchError(
+                f"{where} was written in store format {stored.store_format} by another dc_zoo version (this one writes "
+                f"format {self.store_format}: records with checksums, the CPU thread count in the identity). Finish "
+                "that run with the dc_zoo version that started it (its records are kept), or write this run to "
+                "another --output directory."
+            )
         listed = "; ".join(f"{name}: stored {_short(old)}, this run {_short(new)}" for name, old, new in diffs)
         hints = "".join(f" {name}: {_HINTS[name]}.".replace("<stored>", str(old))
                         for name, old, _ in diffs if name in _HINTS)

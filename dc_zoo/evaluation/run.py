@@ -168,6 +168,13 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-._" else "_" for c in text).strip("_") or "model"
 
 
+def launch_lock_path(output: Path, model: str, dataset: str, split: str) -> Path:
+    """The lock a launch takes before loading its model: the same command twice on one output
+    collides here, before any weights are loaded (the run directory's own lock, taken once the
+    model has resolved to its name, catches two spellings of one model)."""
+    return Path(output) / f".{_slug(model)}__{_slug(dataset)}__{_slug(split)}.{LOCK_NAME}"
+
+
 def _check_output_writable(output: Path) -> None:
     probe = output / f".dc-zoo-write-test-{os.getpid()}"
     try:
@@ -302,7 +309,7 @@ def _prepare(clf: DiffusionClassifier, chunk: list[tuple[int, Any, int]]
                 items.append((index, label))
                 continue
             except ImageInputError as err:
-                image = err.reason
+                image = f"sample {index}: {err.reason}"
         failed.append(SampleRecord(index=index, label=label, prediction=-1, errors=None, stage_reached=None,
                                    evaluations=0, error=str(image)))
     if not items:
@@ -384,6 +391,16 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
                 f"World size {ctx.world_size} is larger than the {n_eval} samples to score: every rank needs at "
                 f"least one. Start at most {n_eval} processes."
             )
+        if ctx.is_main:
+            # Before any weights are loaded: a second launch of the same command must not load a model
+            # (on a GPU the running one may need all its memory) only to be refused by the run's lock.
+            launch_lock = RunLock(launch_lock_path(output, config.model, config.dataset, config.split))
+            launch_lock.acquire()
+            stack.callback(launch_lock.release)
+    except Exception as err:  # noqa: BLE001 - every failure must reach the other ranks
+        error = err
+    ctx.raise_if_any_failed(error)
+    try:
         if classifier is None:
             from .._factory import create_model
 
@@ -483,6 +500,8 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
                 writer.append(records)
                 stored += len(records)
                 rank_bar.update(records)
+                if stop.requested:  # SIGTERM while this chunk was scored: it is stored, stop now
+                    break
         elapsed = time.perf_counter() - started
         if stop.requested and stored < len(my_indices):  # a signal after the last chunk stops nothing
             error = EvalInterrupted(
