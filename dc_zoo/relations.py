@@ -415,11 +415,17 @@ def winoground_features():
     return datasets.Features({name: kinds[kind]() for name, kind in WINOGROUND_COLUMNS.items()})
 
 
-def _winoground_rows(seed: int) -> Iterator[dict[str, Any]]:
-    yield from load_winoground_examples(seed)
+def _winoground_rows(seed: int, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    yield from load_winoground_examples(seed)[:limit]
 
 
-def write_winoground_cache(root: str | Path, seed: int = SEED) -> Path:
+def _check_limit(limit: int | None) -> int | None:
+    if limit is not None and not (isinstance(limit, int) and 1 <= limit <= N_TEST):
+        raise ValueError(f"limit must be a number of examples from 1 to {N_TEST}, got {limit!r}.")
+    return limit
+
+
+def write_winoground_cache(root: str | Path, seed: int = SEED, limit: int | None = None) -> Path:
     """Write the test set where ``load_dataset("facebook/winoground", cache_dir=root)`` finds it offline.
 
     Mechanism (datasets 2.14 - 5.x): with ``HF_HUB_OFFLINE=1`` (or ``HF_DATASETS_OFFLINE=1``),
@@ -431,7 +437,8 @@ def write_winoground_cache(root: str | Path, seed: int = SEED) -> Path:
     That is the folder an online ``load_dataset`` of the real repo prepares, so this function
     prepares one with datasets' own builder API: the packaged ``Generator`` builder with
     ``repo_id="facebook/winoground"``, ``dataset_name="winoground"``, ``config_id="default"``,
-    Winoground's ``Features``, ``hash`` = the test split's content hash (a real download uses
+    Winoground's ``Features``, ``hash`` = the test split's content hash (with ``limit``, only the
+    first ``limit`` examples, a slice for quick runs, and the hash says so; a real download uses
     the repo's commit), and ``download_and_prepare()``. The result is
     ``root/facebook___winoground/default/0.0.0/<hash>/{dataset_info.json,winoground-test.arrow}``
     (images PNG-encoded in the Arrow file). clip_benchmark's ``WinoGround(root)`` then reads it.
@@ -446,22 +453,25 @@ def write_winoground_cache(root: str | Path, seed: int = SEED) -> Path:
     import datasets
     from datasets.packaged_modules.generator.generator import Generator
 
+    limit = _check_limit(limit)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     content_hash = split_content_hash("test", seed)[:40]
+    if limit is not None and limit < N_TEST:
+        content_hash = hashlib.sha256(f"{content_hash}:first-{limit}".encode()).hexdigest()[:40]
     target = root / "facebook___winoground" / "default" / "0.0.0" / content_hash
     if target.exists():
         shutil.rmtree(target)
     builder = Generator(
         cache_dir=str(root), dataset_name=WINOGROUND_REPO_ID.split("/")[1], repo_id=WINOGROUND_REPO_ID,
         config_id="default", hash=content_hash, features=winoground_features(), generator=_winoground_rows,
-        gen_kwargs={"seed": int(seed)}, split=datasets.Split.TEST,
+        gen_kwargs={"seed": int(seed), "limit": limit}, split=datasets.Split.TEST,
     )
     builder.download_and_prepare()
     prepared = Path(builder.cache_dir)
     if prepared.resolve() != target.resolve():  # the layout the offline fallback globs for
         raise RuntimeError(f"datasets prepared the cache at {prepared}, not at {target}: layout changed.")
-    logger.info("wrote %d Winoground-form relations examples to %s", N_TEST, prepared)
+    logger.info("wrote %d Winoground-form relations examples to %s", limit or N_TEST, prepared)
     return root
 
 
@@ -476,7 +486,8 @@ def _sugar_crepe_negative(task: str, scene: Scene, rng: np.random.Generator) -> 
     raise ValueError(f"Unknown SugarCrepe task {task!r}; choose from {SUGAR_CREPE_TASKS}.")
 
 
-def write_sugar_crepe(root: str | Path, tasks: Sequence[str] = SUGAR_CREPE_TASKS, seed: int = SEED) -> Path:
+def write_sugar_crepe(root: str | Path, tasks: Sequence[str] = SUGAR_CREPE_TASKS, seed: int = SEED,
+                      limit: int | None = None) -> Path:
     """Write SugarCrepe-style files from the test images; returns ``root``.
 
     Layout (what clip_benchmark's ``sugar_crepe/<task>`` reads, and since both exist, it
@@ -485,7 +496,9 @@ def write_sugar_crepe(root: str | Path, tasks: Sequence[str] = SUGAR_CREPE_TASKS
     "negative_caption"}}``. Negatives: ``swap_att`` exchanges the colours, ``swap_obj`` the object
     phrases, ``replace_rel`` puts another relation (drawn per image from
     ``default_rng([seed, 3, n])``; each relation is exclusive, so any other one is false).
+    ``limit``: only the images of the first ``limit`` test examples (a slice for quick runs).
     """
+    limit = _check_limit(limit)
     for task in tasks:
         if task not in SUGAR_CREPE_TASKS:
             raise ValueError(f"Unknown SugarCrepe task {task!r}; choose from {SUGAR_CREPE_TASKS}.")
@@ -493,7 +506,7 @@ def write_sugar_crepe(root: str | Path, tasks: Sequence[str] = SUGAR_CREPE_TASKS
     images_dir = root / "val2017"
     images_dir.mkdir(parents=True, exist_ok=True)
     entries: list[tuple[str, Scene]] = []
-    for row, ex in zip(load_winoground_examples(seed), winoground_records(seed)):
+    for row, ex in list(zip(load_winoground_examples(seed), winoground_records(seed)))[:limit]:
         for j in (0, 1):
             name = f"relations_test_{row['id']:04d}_{j}.png"
             row[f"image_{j}"].save(images_dir / name, format="PNG", optimize=False)

@@ -1,4 +1,10 @@
-"""Train the digits miniatures, the embedded default models of dc_zoo, into the bundled Hub cache.
+"""Train the lab miniatures, the embedded default models of dc_zoo, into the bundled Hub cache.
+
+Three labs (``LABS``): digits (below), glyphs (``dc_zoo.glyphs``: 62 classes at 32 px, held-out
+fonts; sd, dit and clip miniatures) and relations (``dc_zoo.relations``: captioned 32 px scenes
+for Winoground-form evaluation; sd and clip). The digits lab is described here in detail; the
+others follow the same recipe with the configs in ``LABS`` (a deeper VAE for 32 px, captions
+instead of class templates for relations).
 
 Diffusion Classifier (Li et al., ICCV 2023, arXiv 2303.16203) needs a trained conditional
 diffusion model; no weights can be downloaded here, so the project trains three small ones on
@@ -24,10 +30,13 @@ with ``refs/main`` naming the revision: sha1 of the sorted (path, sha256) of the
 
 Usage::
 
-    python scripts/train_miniatures.py                 # all three into dc_zoo/hub_cache
+    python scripts/train_miniatures.py                 # the three digits miniatures into dc_zoo/hub_cache
     python scripts/train_miniatures.py --only sd dit   # a subset
     python scripts/train_miniatures.py --evaluate      # held-out accuracy of the cached models
                                                        # (dc_zoo.digits.EVALUATION_SCHEDULES)
+    python scripts/train_miniatures.py --lab glyphs    # the 62-class glyph lab (sd, dit, clip)
+    python scripts/train_miniatures.py --lab glyphs --evaluate --table   # accuracy against schedule
+    python scripts/train_miniatures.py --lab relations # the Winoground-form lab (sd, clip)
 
 Training is seeded (explicit generators for data, timesteps and noise) and runs on ``--threads``
 CPU threads (default 1: no reduction-order races, and the fastest choice on a shared machine).
@@ -53,7 +62,7 @@ import torch.nn.functional as F
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "dc_zoo" / "hub_cache"
 ORG = "dc-zoo"
-MODEL_NAMES = ("sd-digits-mini", "dit-digits-mini", "clip-digits-mini")
+MODEL_NAMES = ("sd-digits-mini", "dit-digits-mini", "clip-digits-mini")  # the digits lab (see LABS)
 
 logger = logging.getLogger("train_miniatures")
 
@@ -123,7 +132,62 @@ class CLIPConfig:
     seed: int = 4
 
 
-IMAGE_SIZE = 16
+IMAGE_SIZE = 16  # the digits lab
+
+
+@dataclass(frozen=True)
+class Lab:
+    """A bundled dataset and the shapes of the miniatures trained on it.
+
+    Attributes:
+        name: ``digits``, ``glyphs`` or ``relations``; the models are ``<family>-<name>-mini``.
+        module: the ``dc_zoo`` module holding the data (``load_<name>_split``).
+        image_size: pixels per side.
+        families: which miniatures the lab has (``sd``, ``dit``, ``clip``).
+        vae: the autoencoder; sd and dit share it.
+        sd, dit, clip: their configs.
+    """
+
+    name: str
+    module: str
+    image_size: int
+    families: tuple[str, ...]
+    vae: VAEConfig = VAEConfig()
+    sd: SDConfig = SDConfig()
+    dit: DiTConfig = DiTConfig()
+    clip: CLIPConfig = CLIPConfig()
+
+    @property
+    def data(self):
+        import importlib
+
+        return importlib.import_module(self.module)
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """Class names, or None for a lab of free captions (relations)."""
+        return getattr(self.data, "CLASS_NAMES", None)
+
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(f"{family}-{self.name}-mini" for family in self.families)
+
+
+# 32 px RGB labs: a VAE with one more level (8x downsampling to 4x4 latents) keeps the denoisers
+# as cheap per step as the digits ones; 8 latent channels hold the extra detail.
+_VAE32 = VAEConfig(block_out_channels=(16, 32, 32, 32), latent_channels=8)
+# Glyph identity is fine detail: 16 latent channels and longer training keep it through the 8x
+# downsampling (8 channels and 400 steps reconstructed with mse 0.073 and classified near chance).
+_VAE32_GLYPHS = VAEConfig(block_out_channels=(32, 32, 64, 64), latent_channels=16, steps=800)
+LABS: dict[str, Lab] = {
+    "digits": Lab("digits", "dc_zoo.digits", IMAGE_SIZE, ("sd", "dit", "clip")),
+    "glyphs": Lab("glyphs", "dc_zoo.glyphs", 32, ("sd", "dit", "clip"), vae=_VAE32_GLYPHS,
+                  sd=SDConfig(block_out_channels=(48, 96), train=DenoiserTrainConfig(steps=1200)),
+                  dit=DiTConfig(heads=4, head_dim=24, layers=6, train=DenoiserTrainConfig(steps=1200, seed=3)),
+                  clip=CLIPConfig(vision_width=96, vision_layers=4, steps=800)),
+    "relations": Lab("relations", "dc_zoo.relations", 32, ("sd", "clip"), vae=_VAE32,
+                     sd=SDConfig(block_out_channels=(48, 96), train=DenoiserTrainConfig(steps=1200)),
+                     clip=CLIPConfig(vision_width=96, vision_layers=4, steps=1000)),
+}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -167,15 +231,39 @@ class EMA:
                 b_avg.copy_(b)
 
 
-def _train_pixels() -> tuple[torch.Tensor, torch.Tensor]:
-    """TRAIN split as the classifier will see it: dc_zoo's preprocessing, [-1, 1]."""
+@dataclass(frozen=True)
+class TrainData:
+    """A lab's TRAIN split as the classifier will see it (dc_zoo's preprocessing, [-1, 1]).
+
+    Attributes:
+        pixels: ``[N, 3, S, S]``.
+        labels: class index per image (None for a lab of free captions).
+        captions: the distinct training captions.
+        caption_index: which caption each image has.
+    """
+
+    pixels: torch.Tensor
+    labels: torch.Tensor | None
+    captions: tuple[str, ...]
+    caption_index: torch.Tensor
+
+
+def _train_data(lab: Lab) -> TrainData:
     from dc_zoo.config import PreprocessConfig
-    from dc_zoo.digits import load_digits_split
     from dc_zoo.preprocess import to_pixels
 
-    images, labels = load_digits_split("train", IMAGE_SIZE)
-    pixels = to_pixels(images, PreprocessConfig(size=IMAGE_SIZE, interpolation="bicubic", crop="center"))
-    return pixels, torch.tensor(labels)
+    config = PreprocessConfig(size=lab.image_size, interpolation="bicubic", crop="center")
+    data = lab.data
+    if lab.class_names is None:  # free captions, one per image
+        pairs = data.load_relations_split("train")
+        captions = tuple(dict.fromkeys(caption for _, caption in pairs))
+        position = {c: i for i, c in enumerate(captions)}
+        index = torch.tensor([position[c] for _, c in pairs])
+        return TrainData(to_pixels([image for image, _ in pairs], config), None, captions, index)
+    images, labels = getattr(data, f"load_{lab.name}_split")("train", lab.image_size)
+    labels = torch.tensor(labels)
+    captions = tuple(data.TEMPLATE.format(c) for c in data.CLASS_NAMES)
+    return TrainData(to_pixels(images, config), labels, captions, labels)
 
 
 def _to_float16_safetensors(directory: Path) -> None:
@@ -213,13 +301,14 @@ def _install_snapshot(staging: Path, out: Path, name: str) -> str:
 def train_vae(pixels: torch.Tensor, cfg: VAEConfig):
     from diffusers import AutoencoderKL
 
+    image_size = int(pixels.shape[-1])
     gen = _seed(cfg.seed)
     n = len(cfg.block_out_channels)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=cfg.block_out_channels,
         layers_per_block=1, latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups,
-        sample_size=IMAGE_SIZE,
+        sample_size=image_size,
     )
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0, foreach=True)
     vae.train()
@@ -289,12 +378,11 @@ def _noisy(z0: torch.Tensor, abar: torch.Tensor, gen: torch.Generator) -> tuple[
 
 
 # ----------------------------------------------------------------------------- SD
-def build_sd(vae, pixels: torch.Tensor, labels: torch.Tensor, cfg: SDConfig, staging: Path) -> None:
+def build_sd(vae, data: TrainData, cfg: SDConfig, staging: Path) -> None:
     from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from dc_zoo.clip_tokenizer import write_clip_tokenizer_files
-    from dc_zoo.digits import CLASS_NAMES, TEMPLATE
 
     gen = _seed(cfg.train.seed)
     tok_dir = Path(tempfile.mkdtemp()) / "tokenizer"
@@ -308,31 +396,34 @@ def build_sd(vae, pixels: torch.Tensor, labels: torch.Tensor, cfg: SDConfig, sta
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, projection_dim=cfg.text_hidden,
     ))
+    pixels = data.pixels
     n = len(cfg.block_out_channels)
-    latent_size = IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+    latent_size = int(pixels.shape[-1]) // 2 ** (len(vae.config.block_out_channels) - 1)
     unet = UNet2DConditionModel(
         sample_size=latent_size, in_channels=vae.config.latent_channels, out_channels=vae.config.latent_channels,
         block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
         cross_attention_dim=cfg.text_hidden, attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=min(32, cfg.block_out_channels[0]),
+        norm_num_groups=math.gcd(32, *cfg.block_out_channels),
     )
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                               num_train_timesteps=1000, prediction_type="epsilon", clip_sample=False,
                               steps_offset=1)
     abar = scheduler.alphas_cumprod.float()
     mean, std = _latent_stats(vae, pixels)
-    # Caption 0..9 per class and 10 = "" (dropped caption); encoded once per step for all 11.
-    captions = [TEMPLATE.format(c) for c in CLASS_NAMES] + [""]
+    # The distinct captions, then "" (a dropped caption). Few (one per class): all are encoded
+    # once per step; many (free captions): only the batch's.
+    captions = list(data.captions) + [""]
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
+    few = len(captions) <= 256
 
     def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         z0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)
         z_t, t, eps = _noisy(z0, abar, g)
-        cap = labels[idx].clone()
-        cap[torch.rand(len(idx), generator=g) < cfg.train.uncond_prob] = len(CLASS_NAMES)
-        states = text_encoder(ids)[0][cap]
+        cap = data.caption_index[idx].clone()
+        cap[torch.rand(len(idx), generator=g) < cfg.train.uncond_prob] = len(data.captions)
+        states = text_encoder(ids)[0][cap] if few else text_encoder(ids[cap])[0]
         return F.mse_loss(unet(z_t, t, encoder_hidden_states=states).sample, eps)
 
     logger.info("sd: unet %.2fM params, text encoder %.2fM params",
@@ -348,13 +439,13 @@ def build_sd(vae, pixels: torch.Tensor, labels: torch.Tensor, cfg: SDConfig, sta
 
 
 # ----------------------------------------------------------------------------- DiT
-def build_dit(vae, pixels: torch.Tensor, labels: torch.Tensor, cfg: DiTConfig, staging: Path) -> None:
+def build_dit(vae, data: TrainData, class_names: tuple[str, ...], cfg: DiTConfig, staging: Path) -> None:
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
-    from dc_zoo.digits import CLASS_NAMES
-
+    CLASS_NAMES = class_names
+    pixels, labels = data.pixels, data.labels
     gen = _seed(cfg.train.seed)
-    latent_size = IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+    latent_size = int(pixels.shape[-1]) // 2 ** (len(vae.config.block_out_channels) - 1)
     channels = vae.config.latent_channels
     transformer = DiTTransformer2DModel(
         num_attention_heads=cfg.heads, attention_head_dim=cfg.head_dim, in_channels=channels,
@@ -393,28 +484,34 @@ def build_dit(vae, pixels: torch.Tensor, labels: torch.Tensor, cfg: DiTConfig, s
 
 
 # ----------------------------------------------------------------------------- CLIP
-def clip_model_cfg(cfg: CLIPConfig) -> dict:
+def clip_model_cfg(cfg: CLIPConfig, image_size: int = IMAGE_SIZE) -> dict:
     return {
         "embed_dim": cfg.embed_dim,
-        "vision_cfg": {"image_size": IMAGE_SIZE, "patch_size": cfg.patch_size, "width": cfg.vision_width,
+        "vision_cfg": {"image_size": image_size, "patch_size": cfg.patch_size, "width": cfg.vision_width,
                        "layers": cfg.vision_layers, "head_width": cfg.vision_head_width, "mlp_ratio": 2.0},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": cfg.text_width,
                      "heads": cfg.text_heads, "layers": cfg.text_layers},
     }
 
 
-def build_clip(pixels: torch.Tensor, labels: torch.Tensor, cfg: CLIPConfig, staging: Path) -> None:
+def build_clip(data: TrainData, cfg: CLIPConfig, staging: Path) -> None:
+    """Contrastive training as CLIP's: in-batch negatives, no extra hard negatives.
+
+    Each step scores the batch's images against the distinct captions it holds (for a class
+    lab, captions are the classes'), so an image whose caption another image shares is not
+    pushed away from it.
+    """
     import open_clip
     from open_clip.model import CLIP
     from safetensors.torch import save_file
 
-    from dc_zoo.digits import CLASS_NAMES, TEMPLATE
-
+    pixels = data.pixels
     gen = _seed(cfg.seed)
-    model_cfg = clip_model_cfg(cfg)
+    model_cfg = clip_model_cfg(cfg, int(pixels.shape[-1]))
     model = CLIP(**model_cfg)
     tokenizer = open_clip.get_tokenizer("ViT-B-32")  # open_clip's standard SimpleTokenizer, 77 tokens
-    texts = tokenizer([TEMPLATE.format(c) for c in CLASS_NAMES])
+    all_texts = tokenizer(list(data.captions))
+    few = len(data.captions) <= 256  # class captions: every step sees all of them, as for digits
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05, foreach=True)
     model.train()
     for step in range(cfg.steps):
@@ -422,11 +519,15 @@ def build_clip(pixels: torch.Tensor, labels: torch.Tensor, cfg: CLIPConfig, stag
             group["lr"] = _lr_at(step, cfg.steps, cfg.lr, 50)
         idx = torch.randint(0, len(pixels), (cfg.batch_size,), generator=gen)
         image_features = F.normalize(model.encode_image(pixels[idx]), dim=-1)
+        if few:
+            y, texts, n_texts = data.caption_index[idx], all_texts, len(data.captions)
+        else:
+            present_captions, y = torch.unique(data.caption_index[idx], return_inverse=True)
+            texts, n_texts = all_texts[present_captions], len(present_captions)
         text_features = F.normalize(model.encode_text(texts), dim=-1)
-        logits = model.logit_scale.exp() * image_features @ text_features.T  # [B, 10]
-        y = labels[idx]
-        # Image->caption cross-entropy; caption->image over the batch with all same-class images positive.
-        positives = F.one_hot(y, len(CLASS_NAMES)).T.float()
+        logits = model.logit_scale.exp() * image_features @ text_features.T  # [B, captions]
+        # Image->caption cross-entropy; caption->image over the batch with all images of a caption positive.
+        positives = F.one_hot(y, n_texts).T.float()
         present = positives.sum(1) > 0
         text_loss = -(positives[present] * logits.T[present].log_softmax(-1)).sum(1) / positives[present].sum(1)
         loss = (F.cross_entropy(logits, y) + text_loss.mean()) / 2
@@ -451,47 +552,67 @@ def build_clip(pixels: torch.Tensor, labels: torch.Tensor, cfg: CLIPConfig, stag
 
 
 # ----------------------------------------------------------------------------- evaluation
-def evaluate(out: Path, names: list[str], limit: int | None = None) -> dict[str, float]:
-    """Held-out accuracy of the cached miniatures (digits TEST split), loaded through huggingface_hub."""
+def evaluate(out: Path, lab: Lab, names: list[str], limit: int | None = None,
+             table: bool = False) -> dict[str, float]:
+    """Held-out accuracy of the cached miniatures of a class lab (its TEST split), loaded through
+    huggingface_hub; with ``table``, the diffusion models under every schedule of the lab's
+    ``SCHEDULE_TABLE`` (a markdown table: schedule, evaluations per image, accuracy)."""
     import os
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     from huggingface_hub import snapshot_download
 
     from dc_zoo import DiffusionClassifier, ScoringConfig
-    from dc_zoo.digits import CLASS_NAMES, EVALUATION_SCHEDULES, TEMPLATE, load_digits_split
 
-    images, labels = load_digits_split("test", IMAGE_SIZE)
+    data = lab.data
+    if lab.class_names is None:
+        raise SystemExit(f"the {lab.name} lab has no classes: measure it with the stock clip_benchmark "
+                         "(scripts/demo.sh runs its Winoground and SugarCrepe evaluations)")
+    class_names, template = data.CLASS_NAMES, data.TEMPLATE
+    images, labels = getattr(data, f"load_{lab.name}_split")("test", lab.image_size)
     if limit:
         images, labels = images[:limit], labels[:limit]
-    results = {}
+    results, rows = {}, []
     for name in names:
         start = time.perf_counter()
-        if name == "clip-digits-mini":
+        if name.startswith("clip-"):
             import open_clip
 
             model, _, preprocess = open_clip.create_model_and_transforms(f"hf-hub:{ORG}/{name}", cache_dir=str(out))
             tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)
             with torch.no_grad():
-                text = F.normalize(model.encode_text(tokenizer([TEMPLATE.format(c) for c in CLASS_NAMES])), dim=-1)
+                text = F.normalize(model.encode_text(tokenizer([template.format(c) for c in class_names])), dim=-1)
                 feats = F.normalize(model.encode_image(torch.stack([preprocess(im) for im in images])), dim=-1)
             pred = (feats @ text.T).argmax(-1)
-            evals = None
-        else:
-            from diffusers import DiTPipeline, StableDiffusionPipeline
+            acc = float((pred == torch.tensor(labels)).float().mean())
+            results[name] = acc
+            logger.info("%s: accuracy %.4f on %d test images, %.1fs", name, acc, len(labels), time.perf_counter() - start)
+            continue
+        from diffusers import DiTPipeline, StableDiffusionPipeline
 
-            path = snapshot_download(f"{ORG}/{name}", cache_dir=str(out))
-            pipe_cls = StableDiffusionPipeline if name.startswith("sd") else DiTPipeline
-            pipe = pipe_cls.from_pretrained(path)
-            scoring = ScoringConfig(**EVALUATION_SCHEDULES[name])
-            clf = DiffusionClassifier.from_pipeline(pipe, scoring=scoring, templates=(TEMPLATE,), image_batch_size=64)
-            classes = list(CLASS_NAMES) if name.startswith("sd") else list(range(len(CLASS_NAMES)))
+        path = snapshot_download(f"{ORG}/{name}", cache_dir=str(out))
+        pipe = (StableDiffusionPipeline if name.startswith("sd") else DiTPipeline).from_pretrained(path)
+        classes = list(class_names) if name.startswith("sd") else list(range(len(class_names)))
+        schedules = [data.EVALUATION_SCHEDULES[name]] + (list(getattr(data, "SCHEDULE_TABLE", ())) if table else [])
+        for k, schedule in enumerate(schedules):
+            clf = DiffusionClassifier.from_pipeline(pipe, scoring=ScoringConfig(**schedule), templates=(template,),
+                                                    image_batch_size=64)
             output = clf.classify(images, classes, progress=True, labels=labels)
-            pred, evals = output.predictions, float(output.evaluations.float().mean())
-        acc = float((pred == torch.tensor(labels)).float().mean())
-        results[name] = acc
-        logger.info("%s: accuracy %.4f on %d test images, %s evals/img, %.1fs", name, acc, len(labels), evals,
-                    time.perf_counter() - start)
+            acc = float((output.predictions == torch.tensor(labels)).float().mean())
+            evals = float(output.evaluations.float().mean())
+            if k == 0:
+                results[name] = acc
+            rows.append((name, "/".join(map(str, schedule["n_samples"])) + " keep " + "/".join(map(str, schedule["to_keep"])),
+                         evals, acc))
+            logger.info("%s %s: accuracy %.4f on %d test images, %.0f evals/img, %.1fs", name, rows[-1][1], acc,
+                        len(labels), evals, time.perf_counter() - start)
+    if table:
+        print("| model | schedule | evaluations per image | top-1 |\n|---|---|---|---|")
+        for name, schedule, evals, acc in rows:
+            print(f"| {name} | {schedule} | {evals:,.0f} | {100 * acc:.2f}% |")
+        for name, acc in results.items():
+            if name.startswith("clip-"):
+                print(f"| {name} | 1 forward pass | 1 | {100 * acc:.2f}% |")
     return results
 
 
@@ -500,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Hub cache directory to write (default: %(default)s)")
+    parser.add_argument("--lab", choices=sorted(LABS), default="digits",
+                        help="which bundled dataset to train on (default: digits)")
     parser.add_argument("--only", nargs="+", choices=["sd", "dit", "clip"], default=["sd", "dit", "clip"],
                         help="which miniatures to train (the VAE is trained whenever sd or dit is)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; part of what makes reruns bitwise equal")
@@ -508,31 +631,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-from", type=Path, default=None,
                         help="reuse the vae/ of this pipeline directory instead of training one (for experiments)")
     parser.add_argument("--evaluate", action="store_true", help="only measure test accuracy of the cached models")
+    parser.add_argument("--table", action="store_true",
+                        help="with --evaluate: also every schedule of the lab's SCHEDULE_TABLE, as a markdown table")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     torch.set_num_threads(args.threads)
-    names = [n for n in MODEL_NAMES if n.split("-")[0] in args.only]
+    lab = LABS[args.lab]
+    names = [n for n in lab.model_names() if n.split("-")[0] in args.only]
     if args.evaluate:
-        evaluate(args.out, names, args.limit)
+        evaluate(args.out, lab, names, args.limit, args.table)
         return 0
 
-    pixels, labels = _train_pixels()
+    data = _train_data(lab)
     timings = {}
     vae = None
     if args.vae_from is not None:
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(str(args.vae_from), subfolder="vae").eval()
-    elif "sd" in args.only or "dit" in args.only:
+    elif {"sd", "dit"} & set(args.only) & set(lab.families):
         start = time.perf_counter()
-        vae = train_vae(pixels, _scaled(VAEConfig(), args.steps_factor))
+        vae = train_vae(data.pixels, _scaled(lab.vae, args.steps_factor))
         timings["vae"] = time.perf_counter() - start
-    sd_cfg, dit_cfg, clip_cfg = SDConfig(), DiTConfig(), CLIPConfig()
+    factor = args.steps_factor
     builders = {
-        "sd-digits-mini": lambda staging: build_sd(vae, pixels, labels, _scaled(sd_cfg, args.steps_factor), staging),
-        "dit-digits-mini": lambda staging: build_dit(vae, pixels, labels, _scaled(dit_cfg, args.steps_factor), staging),
-        "clip-digits-mini": lambda staging: build_clip(pixels, labels, _scaled(clip_cfg, args.steps_factor), staging),
+        f"sd-{lab.name}-mini": lambda staging: build_sd(vae, data, _scaled(lab.sd, factor), staging),
+        f"dit-{lab.name}-mini": lambda staging: build_dit(vae, data, lab.class_names, _scaled(lab.dit, factor), staging),
+        f"clip-{lab.name}-mini": lambda staging: build_clip(data, _scaled(lab.clip, factor), staging),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     for name in names:
