@@ -15,7 +15,6 @@ from dc_zoo._registry import (
 )
 from dc_zoo.backends import resolve_dtype
 from dc_zoo.candidates import format_template
-from dc_zoo.digits import EVALUATION_SCHEDULES
 from dc_zoo.timestep_plan import TimestepPlan, validate_stages
 
 REQUIRED = ["sd-1-1", "sd-1-2", "sd-1-3", "sd-1-4", "sd-1-5", "sd-2-base", "sd-2-1-base", "sd-2-1",
@@ -216,11 +215,23 @@ def test_bundled_entries_pin_the_bundled_snapshot(name):
     assert any(a["kind"] == "measured" and a.get("command") for a in entry.accuracy)
 
 
-@pytest.mark.parametrize("name", sorted(EVALUATION_SCHEDULES))
-def test_miniature_entries_use_the_schedule_their_accuracy_was_measured_with(name):
-    from dc_zoo.digits import TEMPLATE
+def _lab_schedules() -> dict[str, tuple[dict, str]]:
+    """Every lab's measured schedules, with the lab's prompt template."""
+    import dc_zoo.digits
 
-    measured = EVALUATION_SCHEDULES[name]
+    labs = [dc_zoo.digits]
+    try:
+        import dc_zoo.glyphs
+
+        labs.append(dc_zoo.glyphs)
+    except ImportError:  # matplotlib missing: the glyph lab is an extra
+        pass
+    return {name: (schedule, lab.TEMPLATE) for lab in labs for name, schedule in lab.EVALUATION_SCHEDULES.items()}
+
+
+@pytest.mark.parametrize("name", sorted(_lab_schedules()))
+def test_miniature_entries_use_the_schedule_their_accuracy_was_measured_with(name):
+    measured, TEMPLATE = _lab_schedules()[name]
     entry = get_entry(name)
     assert (entry.n_samples, entry.to_keep, entry.loss) == (tuple(measured["n_samples"]), tuple(measured["to_keep"]),
                                                             measured["loss"])
