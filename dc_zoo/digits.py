@@ -18,14 +18,14 @@ image and a ``.cls`` label, plus ``root/classnames.txt`` and
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import tarfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .class_webdataset import write_class_webdataset
 
 logger = logging.getLogger(__name__)
 
@@ -122,19 +122,6 @@ def captions_for(labels, template: str = TEMPLATE) -> list[str]:
     return [template.format(CLASS_NAMES[int(v)]) for v in labels]
 
 
-def _png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
-
-
-def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(payload), 0, 0o644  # fixed metadata: byte-identical reruns
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(payload))
-
-
 def write_digits_webdataset(root: str | Path, split: str = "test", image_size: int = DEFAULT_IMAGE_SIZE,
                             samples_per_shard: int = 1000) -> Path:
     """Write the digits ``split`` as a clip_benchmark WebDataset under ``root``; returns ``root``.
@@ -143,23 +130,5 @@ def write_digits_webdataset(root: str | Path, split: str = "test", image_size: i
     ``clip_benchmark.datasets.builder.build_dataset("wds/digits", root=str(root), split=split)``.
     The files are byte-identical across reruns (fixed tar metadata, deterministic PNGs).
     """
-    if int(samples_per_shard) < 1:
-        raise ValueError(f"samples_per_shard must be a positive integer, got {samples_per_shard!r}.")
-    root = Path(root)
-    split_dir = root / split
-    split_dir.mkdir(parents=True, exist_ok=True)
     images, labels = load_digits_split(split, image_size)
-    n_shards = max(1, -(-len(images) // samples_per_shard))
-    for shard in range(n_shards):
-        lo, hi = shard * samples_per_shard, min(len(images), (shard + 1) * samples_per_shard)
-        with tarfile.open(split_dir / f"{shard}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
-            for i in range(lo, hi):
-                key = f"s{i:07d}"
-                _add_member(tar, f"{key}.png", _png_bytes(images[i]))
-                _add_member(tar, f"{key}.cls", str(labels[i]).encode())
-    (split_dir / "nshards.txt").write_text(f"{n_shards}\n")
-    (root / "classnames.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    # clip_benchmark fills templates with str.format(c=classname), so the file spells "{c}".
-    (root / "zeroshot_classification_templates.txt").write_text(TEMPLATE.replace("{}", "{c}") + "\n")
-    logger.info("wrote %d %s digits (%d px) in %d shard(s) to %s", len(images), split, image_size, n_shards, root)
-    return root
+    return write_class_webdataset(root, split, images, labels, CLASS_NAMES, TEMPLATE, samples_per_shard)

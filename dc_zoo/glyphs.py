@@ -52,7 +52,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import string
-import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -60,7 +59,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from .digits import _add_member, _png_bytes
+from .class_webdataset import write_class_webdataset
 
 logger = logging.getLogger(__name__)
 
@@ -331,26 +330,8 @@ def write_glyphs_webdataset(root: str | Path, split: str = "test", image_size: i
     ``clip_benchmark.datasets.builder.build_dataset("wds/glyphs", root=str(root), split=split)``.
     The files are byte-identical across reruns (fixed tar metadata, deterministic PNGs).
     """
-    if int(samples_per_shard) < 1:
-        raise ValueError(f"samples_per_shard must be a positive integer, got {samples_per_shard!r}.")
     images, labels = load_glyphs_split(split, image_size, per_class)
-    root = Path(root)
-    split_dir = root / split
-    split_dir.mkdir(parents=True, exist_ok=True)
-    n_shards = max(1, -(-len(images) // samples_per_shard))
-    for shard in range(n_shards):
-        lo, hi = shard * samples_per_shard, min(len(images), (shard + 1) * samples_per_shard)
-        with tarfile.open(split_dir / f"{shard}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
-            for i in range(lo, hi):
-                key = f"s{i:07d}"
-                _add_member(tar, f"{key}.png", _png_bytes(images[i]))
-                _add_member(tar, f"{key}.cls", str(labels[i]).encode())
-    (split_dir / "nshards.txt").write_text(f"{n_shards}\n")
-    (root / "classnames.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    # clip_benchmark fills templates with str.format(c=classname), so the file spells "{c}".
-    (root / "zeroshot_classification_templates.txt").write_text(TEMPLATE.replace("{}", "{c}") + "\n")
-    logger.info("wrote %d %s glyphs (%d px) in %d shard(s) to %s", len(images), split, image_size, n_shards, root)
-    return root
+    return write_class_webdataset(root, split, images, labels, CLASS_NAMES, TEMPLATE, samples_per_shard)
 
 
 def contact_sheet(split: str = "test", count: int = 62, columns: int = 16, zoom: int = 2,

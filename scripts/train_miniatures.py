@@ -442,7 +442,6 @@ def build_sd(vae, data: TrainData, cfg: SDConfig, staging: Path) -> None:
 def build_dit(vae, data: TrainData, class_names: tuple[str, ...], cfg: DiTConfig, staging: Path) -> None:
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
-    CLASS_NAMES = class_names
     pixels, labels = data.pixels, data.labels
     gen = _seed(cfg.train.seed)
     latent_size = int(pixels.shape[-1]) // 2 ** (len(vae.config.block_out_channels) - 1)
@@ -450,7 +449,7 @@ def build_dit(vae, data: TrainData, class_names: tuple[str, ...], cfg: DiTConfig
     transformer = DiTTransformer2DModel(
         num_attention_heads=cfg.heads, attention_head_dim=cfg.head_dim, in_channels=channels,
         out_channels=2 * channels, num_layers=cfg.layers, sample_size=latent_size,
-        patch_size=cfg.patch_size, num_embeds_ada_norm=len(CLASS_NAMES),
+        patch_size=cfg.patch_size, num_embeds_ada_norm=len(class_names),
     )
     # DiT's training schedule (facebook/DiT-XL-2-*): 1000 linear betas 1e-4..0.02, epsilon.
     scheduler = DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, num_train_timesteps=1000,
@@ -462,7 +461,7 @@ def build_dit(vae, data: TrainData, class_names: tuple[str, ...], cfg: DiTConfig
         z0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)
         z_t, t, eps = _noisy(z0, abar, g)
         y = labels[idx].clone()
-        y[torch.rand(len(idx), generator=g) < cfg.train.uncond_prob] = len(CLASS_NAMES)  # the null class
+        y[torch.rand(len(idx), generator=g) < cfg.train.uncond_prob] = len(class_names)  # the null class
         out = transformer(z_t, timestep=t, class_labels=y).sample
         return F.mse_loss(out[:, :channels], eps)  # learned-sigma layout: train the epsilon half
 
@@ -472,7 +471,7 @@ def build_dit(vae, data: TrainData, class_names: tuple[str, ...], cfg: DiTConfig
         block.norm1.emb.class_embedder.dropout_prob = 0.0
     logger.info("dit: %.2fM params", sum(p.numel() for p in transformer.parameters()) / 1e6)
     (transformer_ema,) = _train_denoiser("dit", [transformer], loss_fn, len(pixels), cfg.train, gen)
-    id2label = {i: name for i, name in enumerate(CLASS_NAMES)}
+    id2label = {i: name for i, name in enumerate(class_names)}
     pipe = DiTPipeline(transformer=transformer_ema, vae=vae, scheduler=scheduler, id2label=id2label)
     pipe.save_pretrained(str(staging), safe_serialization=True)
     # As facebook/DiT-XL-2-256: the label names live in model_index.json under "id2label".
