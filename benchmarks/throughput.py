@@ -103,7 +103,7 @@ def reference_like(backend, x0, conditions, scoring, keys, dtype, batch_size=32)
     abar = backend.schedule.alphas_cumprod.to(x0.device).to(dtype)
     predictions, evaluations = [], 0
     for n, key in enumerate(keys):
-        all_noise = sample_noise(scoring.seed, key, plan.num_timesteps, 1, x0.shape[1:]).to(x0.device, dtype)[:, 0]
+        all_noise = sample_noise(scoring.seed, key, plan.timesteps, 1, x0.shape[1:]).to(x0.device, dtype)[:, 0]
         latent = x0[n : n + 1].to(dtype)
         remaining = list(range(conditions.shape[0]))
         errors: dict[int, list[float]] = {c: [] for c in remaining}

@@ -10,6 +10,9 @@ from .config import PreprocessConfig, ScoringConfig
 from .engine import EngineResult, NonFiniteScoreError, score_candidates
 from .image_io import ImageInputError, ImageReadError
 from .noise import sample_noise
+from .strategies import SequentialPairedTest, StageSchedule, build_strategy
+from .calibration import Calibration
+from .error_cache import ErrorCache
 from .noise_schedules import DiscreteDiffusionSchedule, FlowMatchingSchedule, schedule_from_scheduler
 from .outputs import ClassificationOutput
 from .timestep_plan import TimestepPlan
@@ -24,6 +27,7 @@ __all__ = [
     "DiffusionClassifier", "ClassificationOutput", "ScoringConfig", "PreprocessConfig",
     "TimestepPlan", "CandidateSet", "score_candidates", "EngineResult", "NonFiniteScoreError",
     "ImageInputError", "ImageReadError",
+    "SequentialPairedTest", "StageSchedule", "build_strategy", "Calibration", "ErrorCache",
     "sample_noise", "DiscreteDiffusionSchedule", "FlowMatchingSchedule", "schedule_from_scheduler",
     "DiffusionBackend", "StableDiffusionBackend", "DiTBackend", "DenoiserBackend",
 ]

@@ -138,6 +138,11 @@ def optimize_backend(backend: DiffusionBackend, *, channels_last: bool = False, 
     if compile:
         setattr(backend, name, _CompiledWithFallback(network, compile_mode, compile_backend))
         backend.static_batch = True
+    # What changed float rounding, for identities (the error cache's namespace).
+    applied = (("channels_last", channels_last), ("compile", compile), ("tf32", tf32 and torch.cuda.is_available()))
+    levers = tuple(n for n, on in applied if on) + ((f"compile_mode={compile_mode}",) if compile_mode else ())
+    levers += (f"attention={attention}",) if attention else ()
+    backend.speed_levers = tuple(getattr(backend, "speed_levers", ())) + levers
     return backend
 
 

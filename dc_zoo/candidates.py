@@ -45,9 +45,11 @@ def ranking_logits(errors: torch.Tensor, stage_reached: torch.Tensor) -> torch.T
 
     ``stage + 1 / (1 + error)`` lies in ``(stage, stage + 1]`` for non-negative errors, so
     argmax is the prediction and top-k respects the adaptive pruning. Computed in float64:
-    in float32, two finalists whose errors differ in the last bit would tie.
+    in float32, two finalists whose errors differ in the last bit would tie. A candidate never
+    evaluated (stage -1, error NaN: dropped by a prefilter) scores -1, below every evaluated one.
     """
-    return stage_reached.to(torch.float64) + 1.0 / (1.0 + errors.clamp_min(0).to(torch.float64))
+    score = stage_reached.to(torch.float64) + 1.0 / (1.0 + errors.clamp_min(0).to(torch.float64))
+    return torch.where(stage_reached < 0, torch.full_like(score, -1.0), score)
 
 
 @dataclass(frozen=True)

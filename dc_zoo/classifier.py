@@ -54,6 +54,11 @@ class DiffusionClassifier:
         self._batch_size_cache: dict[tuple, BatchSizeSearch] = {}  # batch_size="auto" results
         self.entry: Any = None  # set by the factory for zoo models
         self.source: Any = None  # set by the factory: the resolved snapshot (repo, revision, commit, path)
+        self.calibration: Any = None  # a dc_zoo.calibration.Calibration: the temperature of .probabilities
+        self.error_cache_path: Any = None  # see use_error_cache
+        self._cache_identity: dict | None = None
+        self._error_caches: dict[str, Any] = {}
+        self._prefilters: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -137,6 +142,65 @@ class DiffusionClassifier:
             self._condition_cache[key] = conditions
         return self._condition_cache[key]
 
+    # ------------------------------------------------------------------ reuse and prefiltering
+    def model_identity(self) -> dict[str, Any]:
+        """What fixes this classifier's network errors up to the scoring settings: the weights
+        (resolved revision, or a hash of the parameters for a model built in code), backend,
+        dtype, device type, speed levers, preprocessing and the noise version."""
+        from .noise import NOISE_VERSION
+
+        identity: dict[str, Any] = {
+            "backend": type(self.backend).__name__, "dtype": str(self.backend.dtype),
+            "device": torch.device(self.backend.device).type,
+            "speed_levers": list(getattr(self.backend, "speed_levers", ())),
+            "preprocess": dataclasses.asdict(self.preprocess), "noise": NOISE_VERSION,
+            "schedule": repr(self.backend.schedule),
+        }
+        source = self.source
+        if source is not None and (getattr(source, "commit", None) or getattr(source, "revision", None)):
+            identity["weights"] = {"repo": getattr(source, "repo_id", None),
+                                   "revision": getattr(source, "commit", None) or getattr(source, "revision", None)}
+        else:
+            identity["weights"] = {"parameters_sha256": _parameters_digest(self.backend)}
+        return identity
+
+    def use_error_cache(self, path: Any, identity: Mapping[str, Any] | None = None) -> "DiffusionClassifier":
+        """Store every network error in the SQLite file ``path`` and reuse those found there
+        (``dc_zoo.error_cache``): a sweep of schedules and strategies over the same images costs
+        the union of their evaluations. ``identity`` replaces ``model_identity()`` (for a model
+        whose parameters cannot be hashed); ``path=None`` turns the cache off."""
+        for cache in self._error_caches.values():
+            cache.close()
+        self._error_caches = {}
+        self.error_cache_path = path
+        self._cache_identity = dict(identity) if identity is not None else (self.model_identity() if path else None)
+        return self
+
+    def _error_cache_for(self, scoring: ScoringConfig):
+        if self.error_cache_path is None:
+            return None
+        from .error_cache import ErrorCache, namespace_for
+
+        namespace = namespace_for({**self._cache_identity, "loss": scoring.loss, "seed": int(scoring.seed)})
+        if namespace not in self._error_caches:
+            self._error_caches[namespace] = ErrorCache(self.error_cache_path, namespace)
+        return self._error_caches[namespace]
+
+    def prefilter_mask(self, pixels: torch.Tensor, candidates: CandidateSet, spec: Mapping[str, Any]) -> torch.Tensor:
+        """``[N, C]`` candidates in the race after a contrastive prefilter (``dc_zoo.strategies.prefilter``)
+        keeps its top-k classes; every prompt of a kept class stays."""
+        from .strategies.prefilter import ContrastivePrefilter
+
+        key = repr(sorted(spec.items()))
+        if key not in self._prefilters:
+            templates = spec.get("templates")
+            # templates: the spec's, else the CLIP entry's own (the diffusion model's may mean nothing to CLIP)
+            self._prefilters[key] = ContrastivePrefilter(spec["model"], int(spec["k"]),
+                                                         templates=tuple(templates) if templates else None,
+                                                         device=self.backend.device)
+        keep = self._prefilters[key].keep(pixels.float(), list(candidates.class_names)).cpu()  # [N, K]
+        return keep[:, torch.tensor(candidates.class_index)]
+
     # ------------------------------------------------------------------ scoring
     def scoring_for(self, scoring: ScoringConfig, x0: torch.Tensor, conditions: Any) -> ScoringConfig:
         """``scoring`` with ``batch_size="auto"`` replaced by a measured number (see
@@ -157,10 +221,13 @@ class DiffusionClassifier:
         x0 = self.backend.encode_images(pixels.to(self.backend.device, non_blocking=pixels.is_pinned()))
         conditions = self.encode_candidates(candidates)
         scoring = self.scoring_for(scoring, x0, conditions)
+        mask = self.prefilter_mask(pixels, candidates, scoring.prefilter) if scoring.prefilter else None
+        cache = self._error_cache_for(scoring)
         return score_candidates(
             self.backend.denoise, self.backend.schedule, x0, conditions, scoring,
             sample_keys=sample_keys, noise=noise, model_dtype=self.backend.dtype, on_batch=on_batch,
-            pad_batches=self.backend.static_batch,
+            pad_batches=self.backend.static_batch, candidate_mask=mask, error_cache=cache,
+            condition_keys=[_condition_key(c) for c in candidates.conditions] if cache is not None else None,
         )
 
     def classify_pixels(self, pixels: torch.Tensor, candidates: CandidateSet,
@@ -302,6 +369,10 @@ class DiffusionClassifier:
             timesteps=result.plan.timesteps,
             stage_positions=result.plan.stage_positions,
             timestep_errors=result.timestep_errors.cpu() if keep_timestep_errors else None,
+            temperature=self.calibration.temperature if self.calibration is not None else None,
+            extras={"strategy": result.strategy,
+                    "cached_evaluations": result.cached_evaluations.cpu() if result.cached_evaluations is not None
+                    else torch.zeros_like(result.evaluations.cpu())},
         )
 
     def __repr__(self) -> str:
@@ -318,6 +389,28 @@ def _is_integer_label(value: Any) -> bool:
     return isinstance(value, numbers.Integral)
 
 
+def _condition_key(condition: Any) -> str:
+    """A candidate's stable text for the error cache: the prompt, or ``label:<n>``."""
+    return condition if isinstance(condition, str) else f"label:{int(condition)}"
+
+
+def _parameters_digest(backend: Any) -> str:
+    """sha256 of every tensor of the backend's networks (names, dtypes, shapes, bytes)."""
+    import hashlib
+
+    modules = {name: m for name, m in sorted(vars(backend).items()) if isinstance(m, torch.nn.Module)}
+    if not modules:
+        raise ValueError(f"{type(backend).__name__} holds no torch module whose parameters identify it; pass "
+                         "use_error_cache(path, identity={...}) naming the weights (e.g. a checkpoint hash).")
+    digest = hashlib.sha256()
+    for name, module in modules.items():
+        for key, tensor in sorted(module.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}.{key}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def _concat(outputs: list[ClassificationOutput]) -> ClassificationOutput:
     first = outputs[0]
     if len(outputs) == 1:
@@ -330,4 +423,8 @@ def _concat(outputs: list[ClassificationOutput]) -> ClassificationOutput:
         sample_keys=[k for o in outputs for k in o.sample_keys],
         timesteps=first.timesteps, stage_positions=first.stage_positions,
         timestep_errors=cat("timestep_errors") if first.timestep_errors is not None else None,
+        temperature=first.temperature,
+        extras={"strategy": first.extras.get("strategy"),
+                "cached_evaluations": torch.cat([o.extras["cached_evaluations"] for o in outputs])}
+        if "cached_evaluations" in first.extras else {},
     )

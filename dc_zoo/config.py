@@ -50,6 +50,9 @@ class ScoringConfig:
     n_trials: int = 1  # eps draws per timestep
     seed: int = 0  # noise depends only on (seed, sample key)
     batch_size: int | str = 32  # network evaluations per forward pass, packed across images; "auto": measured
+    strategy: dict[str, Any] | None = None  # dc_zoo.strategies spec; None: the paper's stages
+    max_evaluations: int | None = None  # per-image budget (anytime answer); None: none
+    prefilter: dict[str, Any] | None = None  # {"model": open_clip name, "k": classes kept}; None: none
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes kept in results
 
     def __post_init__(self) -> None:
@@ -63,6 +66,16 @@ class ScoringConfig:
             raise ValueError(f"seed must be an integer, got {self.seed!r}.")
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size))
+        from .strategies import build_strategy
+
+        if self.strategy is not None:
+            if not isinstance(self.strategy, dict):
+                raise ValueError(f"strategy must be a dict such as {{'name': 'sequential'}}, got {self.strategy!r}.")
+            build_strategy(self.strategy, self.to_keep)  # validates the spec, naming the bad option
+        if self.max_evaluations is not None:
+            object.__setattr__(self, "max_evaluations", _positive_int("max_evaluations", self.max_evaluations))
+        if self.prefilter is not None:
+            _check_prefilter(self.prefilter)
         if not isinstance(self.extra, dict):
             raise ValueError(f"extra must be a dict of notes, got {type(self.extra).__name__}.")
 
@@ -70,6 +83,16 @@ class ScoringConfig:
         d = asdict(self)
         d["n_samples"], d["to_keep"] = list(self.n_samples), list(self.to_keep)
         return d
+
+
+def _check_prefilter(spec: Any) -> None:
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), str) or "k" not in spec:
+        raise ValueError(f"prefilter must be a dict with an open_clip model and k, e.g. "
+                         f"{{'model': 'clip-glyphs-mini', 'k': 10}}; got {spec!r}.")
+    unknown = sorted(set(spec) - {"model", "k", "templates"})
+    if unknown:
+        raise ValueError(f"prefilter has no option(s) {unknown}; it takes model, k and templates.")
+    _positive_int("prefilter k", spec["k"])
 
 
 def _positive_int(name: str, value: Any) -> int:

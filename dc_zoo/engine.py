@@ -3,6 +3,9 @@
 For every image, every surviving candidate is scored at the stage's new timesteps with the
 same noise, its score is the mean error over all timesteps evaluated so far, and after stage k
 only the ``to_keep[k]`` lowest-error candidates go on (Li et al., arXiv 2303.16203, Alg. 2).
+Which candidates survive a round is a strategy's decision (``dc_zoo.strategies``; the paper's
+stages by default), so the engine only evaluates what is alive, and an optional error cache
+(``dc_zoo.error_cache``) supplies errors computed before, by any plan, for the same (t, eps).
 
 Speed comes from the work layout, not from the model: all pending (image, candidate,
 timestep, trial) items of a stage are flattened and packed into fixed-size batches across
@@ -13,6 +16,7 @@ The engine knows no model family: it calls a ``denoise`` function and a ``NoiseS
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
@@ -23,6 +27,8 @@ from .config import ScoringConfig
 from .losses import per_sample_error
 from .noise import sample_noise
 from .noise_schedules import NoiseSchedule
+from .strategies import RoundState, ScoringStrategy, apply_budget, build_strategy, masked_argmin
+from .strategies.base import mean_errors as _mean_errors
 from .timestep_plan import TimestepPlan, validate_stages
 
 logger = logging.getLogger(__name__)
@@ -53,8 +59,10 @@ class EngineResult:
         evaluations: ``[N]`` network evaluations spent per image.
         timestep_errors: ``[N, C, n_timesteps, n_trials]`` per-pair errors, NaN where a
             candidate was pruned before that timestep (read back for other implementations).
-        plan: the timestep plan that was used.
+        plan: the timestep plan that was used (its stages are the strategy's rounds).
         sample_keys: the identity that each image's noise was drawn for.
+        cached_evaluations: ``[N]`` of ``evaluations`` that the error cache answered (no network call).
+        strategy: the JSON spec of the strategy that chose the pairs.
     """
 
     candidate_errors: torch.Tensor
@@ -64,6 +72,8 @@ class EngineResult:
     timestep_errors: torch.Tensor
     plan: TimestepPlan
     sample_keys: list[Hashable] = field(default_factory=list)
+    cached_evaluations: torch.Tensor | None = None
+    strategy: dict = field(default_factory=dict)
 
 
 def num_conditions(conditions: Any) -> int:
@@ -80,16 +90,13 @@ def num_conditions(conditions: Any) -> int:
 def make_noise(
     seed: int, sample_keys: Sequence[Hashable], plan: TimestepPlan, n_trials: int, latent_shape: Sequence[int]
 ) -> torch.Tensor:
-    """The eps of each image: ``[N, n_timesteps, n_trials, *latent_shape]``, float32 on the CPU."""
+    """The eps of each image: ``[N, n_timesteps, n_trials, *latent_shape]``, float32 on the CPU.
+
+    Keyed by (seed, sample key, timestep, trial): the plan decides which rows exist, not their values.
+    """
     return torch.stack(
-        [sample_noise(seed, key, plan.num_timesteps, n_trials, latent_shape) for key in sample_keys]
+        [sample_noise(seed, key, plan.timesteps, n_trials, latent_shape) for key in sample_keys]
     )
-
-
-def _mean_errors(timestep_errors: torch.Tensor) -> torch.Tensor:
-    """Each candidate's mean error over the (timestep, trial) pairs it was evaluated on (NaN = not run)."""
-    counts = (~torch.isnan(timestep_errors)).sum(dim=(2, 3)).clamp_min(1)
-    return torch.nansum(timestep_errors, dim=(2, 3)) / counts
 
 
 def select_conditions(conditions: Any, index: torch.Tensor) -> Any:
@@ -102,11 +109,12 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 def _evaluate_items(denoise, schedule, x0, noise, conditions, plan_t, img, cand, tpos, trial, *,
-                    loss, batch_size, model_dtype, pad_batches, on_batch) -> torch.Tensor:
+                    loss, batch_size, model_dtype, pad_batches, on_batch, on_errors=None) -> torch.Tensor:
     """Errors of flattened (image, candidate, timestep position, trial) items, in fixed-size batches.
 
     On a device out-of-memory error the batch size is halved and the batch retried, so a too
     large ``batch_size`` costs time, never results (per-item errors do not depend on batching).
+    ``on_errors(start, errors)`` receives each batch's errors (the error cache writes them).
     """
     M = img.numel()
     errors = torch.empty(M, device=x0.device)
@@ -136,6 +144,8 @@ def _evaluate_items(denoise, schedule, x0, noise, conditions, plan_t, img, cand,
                 torch.cuda.empty_cache()
             continue
         errors[start : start + n_real] = batch_errors[:n_real]
+        if on_errors is not None:
+            on_errors(start, batch_errors[:n_real])
         start += n_real
         if on_batch is not None:
             on_batch(n_real)
@@ -156,8 +166,12 @@ def score_candidates(
     model_dtype: torch.dtype | None = None,
     on_batch: Callable[[int], None] | None = None,
     pad_batches: bool = False,
+    strategy: ScoringStrategy | None = None,
+    candidate_mask: torch.Tensor | None = None,
+    error_cache: Any = None,
+    condition_keys: Sequence[str] | None = None,
 ) -> EngineResult:
-    """Run the adaptive stages for ``N`` images against ``C`` candidates.
+    """Run the strategy's rounds for ``N`` images against ``C`` candidates.
 
     Args:
         denoise: ``denoise(x_t, model_timestep, conditions_batch) -> prediction``; its output is
@@ -165,15 +179,22 @@ def score_candidates(
         schedule: the forward process and target (see ``noise_schedules``).
         x0: ``[N, ...]`` clean latents (or pixels for pixel-space models).
         conditions: pytree of tensors whose leading dimension indexes the ``C`` candidates.
-        config: stages, loss, trials, seed and batch size.
-        sample_keys: one identity per image; noise depends only on ``(config.seed, key)``.
+        config: stages, loss, trials, seed, batch size, strategy spec and budget.
+        sample_keys: one identity per image; noise depends only on ``(config.seed, key, t, trial)``.
         noise: optional caller-supplied eps ``[N, n_timesteps, n_trials, *x0.shape[1:]]``.
-        plan: optional caller-supplied plan; by default the reference plan for
-            ``config.n_samples``.
+        plan: optional caller-supplied plan; by default the strategy's (the paper's plan for
+            ``config.n_samples`` under the default stages).
         model_dtype: dtype that ``x_t`` is cast to before the network (errors stay float32).
         on_batch: called with the number of evaluations after each forward pass.
-        pad_batches: pad the last batch of a stage to ``config.batch_size`` (repeating an item
+        pad_batches: pad the last batch of a round to ``config.batch_size`` (repeating an item
             and discarding its result) so compiled models / CUDA graphs see one shape.
+        strategy: overrides ``config.strategy`` (an object of ``dc_zoo.strategies``).
+        candidate_mask: ``[N, C]`` bool, the candidates in the race per image (a prefilter's
+            choice); default all.
+        error_cache: a ``dc_zoo.error_cache.ErrorCache`` whose namespace is this model, loss,
+            seed and preprocessing: errors found there are not recomputed, new ones are stored
+            after each forward pass.
+        condition_keys: with ``error_cache``, one stable text per candidate (its prompt or label).
 
     Returns:
         An ``EngineResult``.
@@ -190,8 +211,9 @@ def score_candidates(
         )
     T = schedule.num_train_timesteps
     validate_stages(config.n_samples, config.to_keep, T)
-    plan = plan or TimestepPlan.from_stages(config.n_samples, T)
-    if len(plan.stage_positions) != len(config.to_keep):
+    strategy = strategy or build_strategy(config.strategy, config.to_keep)
+    plan = plan or strategy.timestep_plan(config.n_samples, T)
+    if strategy.name == "stages" and len(plan.stage_positions) != len(config.to_keep):
         raise ValueError(
             f"The plan has {len(plan.stage_positions)} stages but to_keep has {len(config.to_keep)}."
         )
@@ -201,7 +223,7 @@ def score_candidates(
         raise ValueError(f"Got {len(sample_keys)} sample keys for {N} images; give one key per image.")
     if C == 0:
         raise ValueError("No candidates to score: give at least one class or prompt.")
-    if max(config.to_keep[:-1], default=1) > C:
+    if strategy.name == "stages" and candidate_mask is None and max(config.to_keep[:-1], default=1) > C:
         raise ValueError(
             f"to_keep={config.to_keep} keeps more candidates than the {C} there are; lower to_keep "
             f"to at most {C} (or use a schedule meant for {C} candidates)."
@@ -218,11 +240,19 @@ def score_candidates(
     x0 = x0.to(torch.float32)
     plan_t = plan.as_tensor(device)
 
+    alive = torch.ones((N, C), dtype=torch.bool, device=device)
+    if candidate_mask is not None:
+        if tuple(candidate_mask.shape) != (N, C):
+            raise ValueError(f"candidate_mask has shape {tuple(candidate_mask.shape)}; expected {(N, C)}.")
+        alive = candidate_mask.to(device=device, dtype=torch.bool).clone()
+        if not bool(alive.any(1).all()):
+            raise ValueError("candidate_mask leaves an image with no candidate; keep at least one per image.")
+    active = torch.ones(N, dtype=torch.bool, device=device)
     timestep_errors = torch.full((N, C, n_t, R), float("nan"), device=device)
     stage_reached = torch.full((N, C), -1, dtype=torch.long, device=device)
-    kept = torch.arange(C, device=device).expand(N, C)
-    rows = torch.arange(N, device=device)
-    evaluations = 0
+    evaluations = torch.zeros(N, dtype=torch.long, device=device)
+    cached_evaluations = torch.zeros(N, dtype=torch.long)
+    cache = _CacheView(error_cache, sample_keys, condition_keys, plan, C, R) if error_cache is not None else None
     B = int(config.batch_size)
 
     def result(prediction: torch.Tensor) -> EngineResult:
@@ -230,42 +260,97 @@ def score_candidates(
             candidate_errors=_mean_errors(timestep_errors),
             stage_reached=stage_reached,
             prediction=prediction,
-            evaluations=torch.full((N,), evaluations, dtype=torch.long),
+            evaluations=evaluations.cpu(),
             timestep_errors=timestep_errors,
             plan=plan,
             sample_keys=list(sample_keys),
+            cached_evaluations=cached_evaluations,
+            strategy=strategy.to_dict(),
         )
 
-    for stage, (positions, keep) in enumerate(zip(plan.stage_positions, config.to_keep)):
-        k = kept.shape[1]
+    for stage, positions in enumerate(plan.stage_positions):
+        pairs = (alive & active.view(N, 1)).nonzero()  # [M, 2] (image, candidate), the round's one sync
         pos = torch.tensor(positions, dtype=torch.long, device=device)
-        P = pos.numel()
-        shape = (N, k, P, R)
-        img = rows.view(N, 1, 1, 1).expand(shape).reshape(-1)
-        cand = kept.reshape(N, k, 1, 1).expand(shape).reshape(-1)
-        tpos = pos.view(1, 1, P, 1).expand(shape).reshape(-1)
-        trial = torch.arange(R, device=device).view(1, 1, 1, R).expand(shape).reshape(-1)
-        errors = _evaluate_items(
-            denoise, schedule, x0, noise, conditions, plan_t, img, cand, tpos, trial,
-            loss=config.loss, batch_size=B, model_dtype=model_dtype, pad_batches=pad_batches, on_batch=on_batch,
-        )
-        evaluations += k * P * R
-        errors = errors.view(shape)
-        timestep_errors[rows.view(N, 1, 1), kept.reshape(N, k, 1), pos.view(1, 1, P)] = errors
-        stage_reached.scatter_(1, kept, stage)
-        finite = torch.isfinite(errors)
-        if not bool(finite.all()):  # the one host sync of the stage
-            n, j, pp, rr = (int(v) for v in (~finite).nonzero()[0])
-            raise NonFiniteScoreError(
-                f"Non-finite {config.loss} error for image {sample_keys[n]!r}, candidate "
-                f"{int(kept[n, j])}, timestep {plan.timesteps[positions[pp]]} (trial {rr}) in stage "
-                f"{stage}: the model produced NaN/inf. Try float32 or bfloat16 instead of float16, "
-                "or check the inputs. Scores computed so far are kept in .partial.",
-                partial=result(torch.full((N,), -1, dtype=torch.long, device=device)),
-            )
-        kept_mean = _mean_errors(timestep_errors).gather(1, kept)
-        order = torch.topk(-kept_mean, k=min(keep, k), dim=1).indices
-        kept = kept.gather(1, order)
-        logger.debug("stage %d: %d timesteps x %d candidates x %d images", stage, P, k, N)
+        P, M = pos.numel(), int(pairs.shape[0])
+        if M:
+            shape = (M, P, R)
+            img = pairs[:, 0].view(M, 1, 1).expand(shape).reshape(-1)
+            cand = pairs[:, 1].view(M, 1, 1).expand(shape).reshape(-1)
+            tpos = pos.view(1, P, 1).expand(shape).reshape(-1)
+            trial = torch.arange(R, device=device).view(1, 1, R).expand(shape).reshape(-1)
+            errors = torch.full((img.numel(),), float("nan"), device=device)
+            todo = torch.arange(img.numel(), device=device)
+            if cache is not None:
+                errors, todo, hits = cache.fill(img, cand, tpos, trial)
+                cached_evaluations += torch.bincount(img[hits].cpu(), minlength=N)
+            if todo.numel():
+                store = cache.store_for(img[todo], cand[todo], tpos[todo], trial[todo]) if cache is not None else None
+                errors[todo] = _evaluate_items(
+                    denoise, schedule, x0, noise, conditions, plan_t, img[todo], cand[todo], tpos[todo], trial[todo],
+                    loss=config.loss, batch_size=B, model_dtype=model_dtype, pad_batches=pad_batches,
+                    on_batch=on_batch, on_errors=store,
+                )
+            timestep_errors[img, cand, tpos, trial] = errors
+            stage_reached[pairs[:, 0], pairs[:, 1]] = stage
+            evaluations += torch.bincount(pairs[:, 0], minlength=N) * (P * R)
+            finite = torch.isfinite(errors)
+            if not bool(finite.all()):
+                bad = int((~finite).nonzero()[0])
+                n, j, pp, rr = int(img[bad]), int(cand[bad]), int(tpos[bad]), int(trial[bad])
+                raise NonFiniteScoreError(
+                    f"Non-finite {config.loss} error for image {sample_keys[n]!r}, candidate "
+                    f"{j}, timestep {plan.timesteps[pp]} (trial {rr}) in stage "
+                    f"{stage}: the model produced NaN/inf. Try float32 or bfloat16 instead of float16, "
+                    "or check the inputs. Scores computed so far are kept in .partial.",
+                    partial=result(torch.full((N,), -1, dtype=torch.long, device=device)),
+                )
+        state = RoundState(round=stage, timestep_errors=timestep_errors, alive=alive,
+                           active=active, evaluations=evaluations, plan=plan,
+                           max_evaluations=config.max_evaluations, n_trials=R)
+        decision = apply_budget(state, strategy.decide(state))
+        alive, active = decision.alive, decision.active
+        logger.debug("round %d: %d timesteps x %d (image, candidate) pairs", stage, P, M)
+        if not bool(active.any()):
+            break
 
-    return result(kept[:, 0])
+    return result(masked_argmin(_mean_errors(timestep_errors), alive))
+
+
+class _CacheView:
+    """The engine's side of an error cache: this call's images, candidates and plan as tensor indices."""
+
+    def __init__(self, cache, sample_keys, condition_keys, plan: TimestepPlan, C: int, R: int):
+        if condition_keys is None or len(condition_keys) != C:
+            raise ValueError(f"error_cache needs one condition key per candidate ({C}); got "
+                             f"{None if condition_keys is None else len(condition_keys)}.")
+        self.cache, self.keys = cache, [str(k) for k in sample_keys]
+        self.conditions = [str(c) for c in condition_keys]
+        self.timesteps = list(plan.timesteps)
+        self.known = torch.full((len(self.keys), C, plan.num_timesteps, R), float("nan"))
+        column = {c: j for j, c in enumerate(self.conditions)}
+        position = {t: p for p, t in enumerate(self.timesteps)}
+        for n, rows in enumerate(cache.get(self.keys).get(k, {}) for k in self.keys):
+            for (condition, t, trial), error in rows.items():
+                j, p = column.get(condition), position.get(int(t))
+                if j is not None and p is not None and int(trial) < R:
+                    self.known[n, j, p, int(trial)] = error
+
+    def fill(self, img, cand, tpos, trial):
+        """(errors with the cached ones filled, indices still to compute, indices answered)."""
+        found = self.known[img.cpu(), cand.cpu(), tpos.cpu(), trial.cpu()]
+        hits = ~torch.isnan(found)
+        device = img.device
+        return found.to(device), (~hits).nonzero().view(-1).to(device), hits.nonzero().view(-1).to(device)
+
+    def store_for(self, img, cand, tpos, trial):
+        """An ``on_errors(start, errors)`` callback writing each computed batch in one transaction."""
+        img, cand, tpos, trial = (v.cpu().tolist() for v in (img, cand, tpos, trial))
+
+        def store(start: int, errors: torch.Tensor) -> None:
+            values = errors.detach().float().cpu().tolist()
+            rows = [(self.keys[img[start + i]], self.conditions[cand[start + i]], self.timesteps[tpos[start + i]],
+                     trial[start + i], v) for i, v in enumerate(values) if math.isfinite(v)]
+            if rows:
+                self.cache.put(rows)
+
+        return store

@@ -26,6 +26,8 @@ class ClassificationOutput:
         sample_keys: each image's noise identity; with the seed it fixes the (t, eps) pairs.
         timesteps: the plan's timesteps; stage ``k`` used positions ``stage_positions[k]``.
         timestep_errors: ``[N, C, n_timesteps, n_trials]`` per-pair errors (NaN = not run).
+        temperature: the calibration temperature of ``probabilities`` (None: 1, uncalibrated).
+        extras: the strategy spec and ``cached_evaluations [N]`` (answered by the error cache).
     """
 
     predictions: torch.Tensor
@@ -39,7 +41,17 @@ class ClassificationOutput:
     timesteps: tuple[int, ...]
     stage_positions: tuple[tuple[int, ...], ...]
     timestep_errors: torch.Tensor | None = None
+    temperature: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """``[N, K]`` class probabilities, softmax of the negated errors over the temperature
+        (``dc_zoo.calibration``; fitted per model and schedule, or 1), with argmax equal to the
+        prediction."""
+        from .calibration import probabilities
+
+        return probabilities(self.errors, 1.0 if self.temperature is None else self.temperature, ranking=self.logits)
 
     @property
     def predicted_names(self) -> list[str]:

@@ -60,15 +60,40 @@ def test_explicit_keys_follow_the_image_not_its_position(backend, images):
 def test_another_seed_changes_the_noise_and_the_scores(backend, images, baseline):
     out = run(backend, images, seed=1)
     assert not torch.allclose(out.candidate_errors, baseline.candidate_errors)
-    a = sample_noise(0, "k", 4, 1, (2, 2))
-    assert torch.equal(a, sample_noise(0, "k", 4, 1, (2, 2)))
-    assert not torch.equal(a, sample_noise(1, "k", 4, 1, (2, 2)))
-    assert not torch.equal(a, sample_noise(0, "k2", 4, 1, (2, 2)))
+    a = sample_noise(0, "k", range(4), 1, (2, 2))
+    assert torch.equal(a, sample_noise(0, "k", range(4), 1, (2, 2)))
+    assert not torch.equal(a, sample_noise(1, "k", range(4), 1, (2, 2)))
+    assert not torch.equal(a, sample_noise(0, "k2", range(4), 1, (2, 2)))
     assert sample_seed(0, 5) == sample_seed(0, "5")  # keys are compared by their text
 
 
 def test_noise_is_standard_normal_with_one_draw_per_timestep_and_trial():
-    eps = sample_noise(0, "stats", 500, 2, (4, 8, 8))
+    eps = sample_noise(0, "stats", range(1, 1000, 2), 2, (4, 8, 8))
     assert eps.shape == (500, 2, 4, 8, 8) and eps.dtype == torch.float32
     assert abs(float(eps.mean())) < 0.01 and abs(float(eps.std()) - 1) < 0.01
     assert not torch.equal(eps[0, 0], eps[1, 0]) and not torch.equal(eps[0, 0], eps[0, 1])
+
+
+def test_noise_is_keyed_by_timestep_and_trial_not_by_plan_position():
+    """The same (image, t, trial) gets the same eps in every plan: errors can be reused across schedules."""
+    coarse = sample_noise(0, "img", (10, 30, 50), 1, (2, 2))
+    fine = sample_noise(0, "img", (50, 10, 20, 30), 3, (2, 2))
+    assert torch.equal(coarse[0, 0], fine[1, 0]) and torch.equal(coarse[1, 0], fine[3, 0])
+    assert torch.equal(coarse[2, 0], fine[0, 0])
+    assert not torch.equal(fine[1, 0], fine[1, 1])  # another trial, another draw
+    with pytest.raises(TypeError, match="timesteps themselves"):
+        sample_noise(0, "img", 4, 1, (2, 2))
+
+
+def test_errors_at_a_shared_timestep_are_equal_under_different_schedules(backend, images):
+    """(25,) keep 1 and (5, 25) keep 2/1 share timesteps; their errors there agree (to the
+    float rounding of another batch layout), so a cache may answer one from the other."""
+    def errors(n_samples, to_keep):
+        scoring = dc_zoo.ScoringConfig(n_samples=n_samples, to_keep=to_keep, batch_size=32)
+        return dc_zoo.DiffusionClassifier(backend, scoring).classify(images, CLASSES, return_timestep_errors=True)
+
+    one, two = errors((25,), (1,)), errors((5, 25), (2, 1))
+    assert one.timesteps == two.timesteps  # the 5 of stage 0 are a subset of the 25
+    stage0 = list(two.stage_positions[0])
+    torch.testing.assert_close(two.timestep_errors[:, :, stage0], one.timestep_errors[:, :, stage0],
+                               rtol=1e-5, atol=1e-6)

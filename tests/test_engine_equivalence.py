@@ -85,7 +85,7 @@ def test_stable_diffusion_engine_matches_reference_loop(loss, prediction_type):
         abar = comps["scheduler"].alphas_cumprod.double()
         net = lambda x, t, c: unet(x, t, encoder_hidden_states=c).sample  # noqa: E731
         for i, key in enumerate(["a", "b"]):
-            noise = sample_noise(3, key, 12, 2, latents.shape[1:])
+            noise = sample_noise(3, key, reference_plan(1000, (4, 12))[0], 2, latents.shape[1:])
             pred, mean_errors, evals = reference_classify(
                 net, latents[i : i + 1].double(), embeds, abar, (4, 12), (2, 1), loss, noise.double(),
                 target_kind=prediction_type,
@@ -110,7 +110,7 @@ def test_dit_engine_matches_reference_loop_on_epsilon_half():
         latents = vae.encode(to_pixels(images, backend.preprocess)).latent_dist.mean * vae.config.scaling_factor
         conds = torch.tensor(labels)
         net = lambda x, t, c: dit(x, timestep=t, class_labels=c).sample[:, :4]  # noqa: E731
-        noise = sample_noise(7, 11, 20, 1, latents.shape[1:])
+        noise = sample_noise(7, 11, reference_plan(1000, (5, 20))[0], 1, latents.shape[1:])
         pred, mean_errors, evals = reference_classify(
             net, latents.double(), conds, comps["scheduler"].alphas_cumprod.double(), (5, 20), (3, 1), "l2",
             noise.double(),
@@ -130,7 +130,7 @@ def test_caller_supplied_noise_is_used_and_read_back():
     drawn = clf.score_pixels(pixels, candidates, keys)
     own = torch.randn(1, 8, 1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     supplied = clf.score_pixels(pixels, candidates, keys, noise=own)
-    regenerated = sample_noise(0, "img", 8, 1, (4, 8, 8))[None]
+    regenerated = sample_noise(0, "img", drawn.plan.timesteps, 1, (4, 8, 8))[None]
     again = clf.score_pixels(pixels, candidates, keys, noise=regenerated)
     assert torch.allclose(again.timestep_errors, drawn.timestep_errors, equal_nan=True)
     assert not torch.allclose(supplied.candidate_errors, drawn.candidate_errors)

@@ -1,0 +1,149 @@
+"""Sequential paired testing: drop a candidate as soon as the evidence says it is worse.
+
+Clark & Jaini (NeurIPS 2023, "Text-to-Image Diffusion Models are Zero-Shot Classifiers") note
+that with shared noise the errors of two candidates at one (t, eps) are paired, and a
+candidate that is clearly worse than the leader can be dropped early. Here:
+
+* Order: the pool of ``max_timesteps`` evenly spaced timesteps (the paper's plan for that
+  size) is evaluated in van der Corput (bit-reversed) order, ``chunk`` at a time, so every
+  prefix is spread over [0, T) and early looks are not biased to one noise level.
+* Test: after each round, for each alive candidate ``j`` and the leader ``L`` (lowest mean
+  error), the paired differences ``d = e_j - e_L`` over the n evaluated (t, eps) pairs give
+  the statistic ``mean(d) / (sd(d) / sqrt(n))``; ``j`` is dropped when it exceeds the
+  Student-t quantile at level ``alpha_look / (2 (m - 1))``: Bonferroni over the m - 1
+  comparisons, two-sided because the leader is chosen by the same data (with a one-sided level
+  two equal candidates lose one of them at twice the rate).
+* Repeated looks: look ``k`` (1-based, counting looks at which a test was made) spends
+  ``alpha * 6 / (pi^2 k^2)``; these sum to ``alpha``, so by the union bound the chance of ever
+  dropping a candidate that is in fact no worse than the leader stays below ``alpha`` however
+  many looks there are (an alpha-spending rule; conservative, and it holds for unplanned
+  stopping). The t quantile treats the pairs as a sample, which is an approximation: the
+  timesteps are a fixed spread set, not random draws.
+* ``min_timesteps`` pairs before any drop; the pool size bounds the timesteps per candidate;
+  an image stops when one candidate is left (or its budget is spent, ``dc_zoo.strategies.budget``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..timestep_plan import TimestepPlan
+from .base import RoundDecision, RoundState, masked_argmin, mean_errors
+
+__all__ = ["SequentialPairedTest", "spread_order", "student_t_quantile"]
+
+
+def spread_order(n: int) -> list[int]:
+    """``0..n-1`` in van der Corput order: each prefix is spread evenly over the range."""
+    if n <= 0:
+        return []
+    bits = max(1, (n - 1).bit_length())
+    keyed = sorted(range(n), key=lambda i: int(format(i, f"0{bits}b")[::-1], 2))
+    return keyed
+
+
+def student_t_quantile(p: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
+    """Upper quantile of Student's t with ``df`` degrees of freedom (``P(T > q) = p``).
+
+    The normal quantile with the Cornish-Fisher expansion in 1/df (Abramowitz & Stegun 26.7.5);
+    within 1% of the exact value for df >= 5 and p >= 1e-6, which is what the tests use.
+    """
+    z = torch.special.ndtri(1.0 - p.to(torch.float64))
+    v = df.to(torch.float64)
+    z3, z5, z7 = z**3, z**5, z**7
+    return (z + (z3 + z) / (4 * v) + (5 * z5 + 16 * z3 + 3 * z) / (96 * v**2)
+            + (3 * z7 + 19 * z5 + 17 * z3 - 15 * z) / (384 * v**3))
+
+
+@dataclass(frozen=True)
+class SequentialPairedTest:
+    """Drop candidates whose paired error difference to the leader is significant.
+
+    Attributes:
+        alpha: family-wise level, spent over looks as ``alpha * 6 / (pi^2 k^2)``.
+        chunk: timesteps evaluated per round (a look after each).
+        max_timesteps: size of the timestep pool (each candidate's maximum); None: the largest
+            ``n_samples`` of the scoring config.
+        min_timesteps: evaluated timesteps before the first test.
+    """
+
+    alpha: float = 0.05
+    chunk: int = 10
+    max_timesteps: int | None = None
+    min_timesteps: int = 10
+    name: str = "sequential"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < float(self.alpha) < 1.0:
+            raise ValueError(f"sequential strategy: alpha must be in (0, 1), got {self.alpha!r}.")
+        for field_name in ("chunk", "min_timesteps"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"sequential strategy: {field_name} must be a positive integer, got {value!r}.")
+        if self.min_timesteps < 3:
+            raise ValueError(f"sequential strategy: min_timesteps must be at least 3 (a variance needs pairs), "
+                             f"got {self.min_timesteps}.")
+        if self.max_timesteps is not None and (isinstance(self.max_timesteps, bool) or
+                                               not isinstance(self.max_timesteps, int) or self.max_timesteps < 1):
+            raise ValueError(f"sequential strategy: max_timesteps must be a positive integer or null, "
+                             f"got {self.max_timesteps!r}.")
+
+    def timestep_plan(self, n_samples: tuple[int, ...], num_train_timesteps: int) -> TimestepPlan:
+        pool = int(self.max_timesteps or max(n_samples))
+        if pool > num_train_timesteps:
+            raise ValueError(f"sequential strategy: max_timesteps={pool} is more than the model's "
+                             f"{num_train_timesteps} timesteps.")
+        base = TimestepPlan.from_stages((pool,), num_train_timesteps)
+        order = spread_order(base.num_timesteps)
+        rounds = tuple(tuple(order[i : i + self.chunk]) for i in range(0, len(order), self.chunk))
+        return TimestepPlan(timesteps=base.timesteps, stage_positions=rounds)
+
+    def look_level(self, look: int) -> float:
+        """The alpha spent at the ``look``-th test (1-based)."""
+        return float(self.alpha) * 6.0 / (math.pi**2 * look**2)
+
+    def decide(self, state: RoundState) -> RoundDecision:
+        errors = state.timestep_errors  # [N, C, n_t, R]
+        N, C = state.alive.shape
+        alive = state.alive.clone()
+        means = mean_errors(errors)
+        leader = masked_argmin(means, alive)
+        flat = errors.flatten(2)  # [N, C, n_t * R]
+        evaluated = ~torch.isnan(flat[torch.arange(N), leader])  # [N, P]: the leader's pairs
+        n = evaluated.sum(1)  # pairs per image (all alive candidates share them)
+        look = self.look_index(state.plan, state.round)
+        testing = state.active & (alive.sum(1) > 1) if look > 0 else torch.zeros_like(state.active)
+        if bool(testing.any()):
+            lead = flat[torch.arange(N), leader].unsqueeze(1)  # [N, 1, P]
+            diff = torch.where(evaluated.unsqueeze(1), flat - lead, torch.zeros_like(flat)).to(torch.float64)
+            nn = n.to(torch.float64).clamp_min(2).view(N, 1)
+            mean = diff.sum(2) / nn
+            var = ((diff - mean.unsqueeze(2)) ** 2 * evaluated.unsqueeze(1)).sum(2) / (nn - 1)
+            stat = mean / (var.clamp_min(1e-300).sqrt() / nn.sqrt())
+            m = alive.sum(1).to(torch.float64)
+            level = torch.full((N,), self.look_level(look), dtype=torch.float64)
+            critical = student_t_quantile(level / (2 * (m - 1).clamp_min(1)), (n - 1).clamp_min(1))
+            drop = (stat > critical.view(N, 1)) & alive & testing.view(N, 1)
+            drop[torch.arange(N), leader] = False
+            alive &= ~drop
+        active = state.active & (alive.sum(1) > 1)
+        return RoundDecision(alive=alive, active=active)
+
+    def look_index(self, plan: TimestepPlan, round_index: int) -> int:
+        """The 1-based index of the test made after ``round_index`` (0: too few timesteps yet).
+
+        Every image still racing has been evaluated in every round so far, so it has seen the
+        same number of timesteps; tests are made at each round from ``min_timesteps`` on.
+        """
+        seen, looks = 0, 0
+        for positions in plan.stage_positions[: round_index + 1]:
+            seen += len(positions)
+            looks += seen >= self.min_timesteps
+        return looks
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "alpha": self.alpha, "chunk": self.chunk,
+                "max_timesteps": self.max_timesteps, "min_timesteps": self.min_timesteps}
