@@ -302,12 +302,46 @@ def _damage_reason(err: BaseException) -> str | None:
     return None
 
 
-def _scoring_for(entry: RegistryEntry, scoring: ScoringConfig | Mapping[str, Any] | None) -> ScoringConfig:
+RECOMMENDED = "recommended"
+
+
+def _scoring_for(entry: RegistryEntry, scoring: ScoringConfig | Mapping[str, Any] | str | None) -> ScoringConfig:
+    """The entry's schedule with ``scoring``'s overrides; ``"recommended"`` (or a dict with
+    ``"preset": "recommended"``) starts from the entry's measured cheaper scoring instead."""
     if isinstance(scoring, ScoringConfig):
         return scoring
     base = ScoringConfig(n_samples=entry.n_samples, to_keep=entry.to_keep, loss=entry.loss,
                          batch_size=int(entry.schedule.get("batch_size", ScoringConfig.batch_size)))
-    return dataclasses.replace(base, **dict(scoring or {}))
+    overrides = {"preset": scoring} if isinstance(scoring, str) else dict(scoring or {})
+    preset = overrides.pop("preset", None)
+    if preset is not None:
+        if preset != RECOMMENDED:
+            raise ValueError(f"Unknown scoring preset {preset!r}; the one preset is {RECOMMENDED!r} "
+                             "(the entry's measured cheaper scoring).")
+        if not entry.recommended:
+            raise ValueError(f"{entry.name} has no recommended scoring in its registry entry; use its default "
+                             "(the paper's schedule) or give a strategy, e.g. {'strategy': {'name': 'sequential'}}.")
+        base = dataclasses.replace(base, **_json_scoring(entry.recommended["scoring"]))
+    return dataclasses.replace(base, **overrides)
+
+
+def _json_scoring(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Registry JSON to ScoringConfig fields (lists to tuples for the stage fields)."""
+    return {k: tuple(v) if k in ("n_samples", "to_keep") else v for k, v in fields.items()}
+
+
+def _calibration_for(entry: RegistryEntry, scoring: Any):
+    """The entry's fitted temperature for the default or the recommended scoring (None for others)."""
+    from .calibration import Calibration
+
+    table = entry.calibration or {}
+    if scoring is None:
+        key = "default"
+    elif scoring == RECOMMENDED or (isinstance(scoring, Mapping) and dict(scoring) == {"preset": RECOMMENDED}):
+        key = RECOMMENDED
+    else:
+        return None
+    return Calibration.from_dict(table[key]) if key in table else None
 
 
 def _device_and_dtype(entry: RegistryEntry, device, dtype) -> tuple[torch.device, torch.dtype]:
@@ -321,7 +355,7 @@ def _device_and_dtype(entry: RegistryEntry, device, dtype) -> tuple[torch.device
 
 def create_model(name: str, revision: str | None = None, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None,
-                 scoring: ScoringConfig | Mapping[str, Any] | None = None, *,
+                 scoring: ScoringConfig | Mapping[str, Any] | str | None = None, *,
                  templates: Sequence[str] | None = None, preprocess: PreprocessConfig | None = None,
                  token: str | bool | None = None, cache_dir: str | os.PathLike | None = None,
                  local_files_only: bool | None = None, allow_pickle: bool = False, endpoint: str | None = None,
@@ -335,7 +369,8 @@ def create_model(name: str, revision: str | None = None, device: str | torch.dev
         device: default ``cuda`` when available, else ``cpu``.
         dtype: default the entry's ``default_dtype`` on a GPU, float32 on the CPU.
         scoring: a ``ScoringConfig``, or a dict of overrides of the entry's default schedule
-            (e.g. ``{"loss": "l1", "seed": 1}``).
+            (e.g. ``{"loss": "l1", "seed": 1}``), or ``"recommended"``: the entry's measured cheaper
+            scoring (``dc_zoo.strategies``), with its fitted probability temperature.
         templates: prompt templates (default: the entry's).
         preprocess: image preparation (default: the entry's resolution, interpolation, crop).
         token: Hub token for gated / private repos.
@@ -389,5 +424,6 @@ def create_model(name: str, revision: str | None = None, device: str | torch.dev
                                      templates=templates, image_batch_size=image_batch_size)
     classifier.entry = entry
     classifier.source = snapshot
+    classifier.calibration = _calibration_for(entry, scoring)
     logger.info("created %s from %s on %s (%s)", entry.name, snapshot.describe(), device, dtype)
     return classifier

@@ -168,6 +168,8 @@ class RegistryEntry:
     default: bool
     vae_id: str | None = None
     notes: tuple[str, ...] = ()
+    recommended: Mapping[str, Any] | None = None  # a measured cheaper scoring, used when asked for
+    calibration: Mapping[str, Any] | None = None  # {"default" | "recommended": Calibration fields}
     listed: bool = field(default=True, compare=False)  # False for hf-hub / local models described on the fly
 
     @classmethod
@@ -186,6 +188,11 @@ class RegistryEntry:
             out[key] = list(out[key])
         out["schedule"] = dict(self.schedule) if self.schedule is not None else None
         out["cost"] = dict(self.cost) if self.cost is not None else None
+        for key in ("recommended", "calibration"):  # optional: absent from the file when unset
+            if out[key] is None:
+                del out[key]
+            else:
+                out[key] = json.loads(json.dumps(out[key]))
         return out
 
     @property

@@ -3,6 +3,7 @@
     dc-zoo list [PATTERN]                 what models exist, their cost, whether their weights are here
     dc-zoo info NAME                      one model (zoo name, hf-hub:org/repo, folder): files, schedule, cost, cache
     dc-zoo classify --model NAME --classes cat dog IMAGE...
+    dc-zoo curve --model NAME --dataset digits --out DIR   accuracy against evaluations per image
 
 Each subcommand lives in a module with ``add_subparser(subparsers)``, which adds its parser and
 sets ``func`` (called with the parsed args, returns the exit status); ``SUBCOMMAND_MODULES``
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["main", "build_parser", "SUBCOMMAND_MODULES"]
 
 # Modules that add further subcommands through add_subparser(subparsers).
-SUBCOMMAND_MODULES: tuple[str, ...] = ("dc_zoo.evaluation.command",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("dc_zoo.evaluation.command", "dc_zoo.evaluation.curve_command")
 
 # Errors that are the user's input or environment, not a bug: one line on stderr, exit 2.
 USER_ERRORS = (ValueError, KeyError, OSError)

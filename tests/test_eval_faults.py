@@ -276,7 +276,7 @@ def test_another_cpu_thread_count_is_refused_on_resume(reference, eval_model, di
     from dc_zoo.evaluation.command import main
 
     header = json.loads(_rank_file(reference).read_text().splitlines()[0])
-    assert header["identity"]["cpu_threads"] == 1 and header["identity"]["store_format"] == 3
+    assert header["identity"]["cpu_threads"] == 1 and header["identity"]["store_format"] == 4
     output = _copy_run(reference, tmp_path)
     before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
     saved = torch.get_num_threads()

@@ -153,10 +153,12 @@ def _scoring_overrides() -> dict[str, Any]:
         overrides = json.loads(raw)
     except json.JSONDecodeError as err:
         raise ValueError(f"{SCORING_ENV} must be a JSON object such as "
-                         f'\'{{"n_samples": [10, 50], "to_keep": [3, 1]}}\'; got {raw!r} ({err}).') from None
+                         f'\'{{"n_samples": [10, 50], "to_keep": [3, 1]}}\' or \'"recommended"\'; got {raw!r} ({err}).') from None
     from ..config import ScoringConfig
 
-    fields = {f.name for f in dataclasses.fields(ScoringConfig)} - {"extra"}
+    if overrides == "recommended":  # the entry's measured cheaper scoring (dc_zoo.strategies)
+        return {"preset": "recommended"}
+    fields = ({f.name for f in dataclasses.fields(ScoringConfig)} - {"extra"}) | {"preset"}
     unknown = sorted(set(overrides) - fields) if isinstance(overrides, dict) else ["<not an object>"]
     if unknown:
         raise ValueError(f"{SCORING_ENV} has unknown keys {unknown}; valid keys: {sorted(fields)}.")

@@ -94,6 +94,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     how.add_argument("--loss", choices=LOSSES, default=None)
     how.add_argument("--seed", type=int, default=None, help="noise seed (noise depends only on the seed and the image content)")
     how.add_argument("--n-trials", "--n_trials", dest="n_trials", type=int, default=None, help="eps draws per timestep")
+    how.add_argument("--strategy", type=_json_or_name, default=None,
+                     help="scoring strategy: 'stages' (the paper's, default), 'sequential', or a JSON spec such as "
+                          "'{\"name\": \"sequential\", \"alpha\": 0.05, \"chunk\": 10}' (dc_zoo.strategies)")
+    how.add_argument("--max-evaluations", "--max_evaluations", dest="max_evaluations", type=int, default=None,
+                     help="per-image budget of network evaluations: stop and answer the leader")
+    how.add_argument("--prefilter", type=_prefilter_spec, default=None, metavar="MODEL:K",
+                     help="keep an open_clip model's top-K classes before any diffusion evaluation, "
+                          "e.g. clip-digits-mini:3 or ViT-B-32/openai:20")
+    how.add_argument("--recommended", action="store_true",
+                     help="start from the entry's measured cheaper scoring (its registry 'recommended'; "
+                          "other schedule options override it) instead of the paper's schedule")
+    how.add_argument("--error-cache", "--error_cache", dest="error_cache", default=None, metavar="FILE",
+                     help="SQLite file of network errors reused across runs, schedules and strategies")
     how.add_argument("--templates", default="entry",
                      help="prompt templates: 'entry' (the model's, default), 'clip_benchmark' (the dataset's "
                           "ensemble; cost x templates) or a .txt (one per line, {c} for the class) / .json file")
@@ -123,6 +136,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _json_or_name(text: str) -> dict:
+    """``--strategy``: a bare name or a JSON object."""
+    text = text.strip()
+    if not text.startswith("{"):
+        return {"name": text}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"--strategy is not valid JSON ({err.msg} at column {err.colno}): {text!r}")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"--strategy must be a name or a JSON object, got {text!r}")
+    return value
+
+
+def _prefilter_spec(text: str) -> dict:
+    """``--prefilter MODEL:K`` (the model may contain ':' as in hf-hub:org/repo; K is after the last one)."""
+    model, sep, k = text.rpartition(":")
+    if not sep or not model or not k.isdigit() or int(k) < 1:
+        raise argparse.ArgumentTypeError(f"--prefilter takes MODEL:K with K a positive integer, e.g. "
+                                         f"clip-digits-mini:3; got {text!r}")
+    return {"model": model, "k": int(k)}
+
+
 def add_subparser(subparsers) -> argparse.ArgumentParser:
     """Register ``eval`` on the ``dc-zoo`` command's subparsers; it runs ``run_command(args)``."""
     parser = subparsers.add_parser("eval", help="evaluate a model on a clip_benchmark dataset (torchrun-ready, resumable)",
@@ -139,6 +175,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         revision=args.revision, n_samples=tuple(args.n_samples) if args.n_samples else None,
         to_keep=tuple(args.to_keep) if args.to_keep else None, loss=args.loss, seed=args.seed,
         n_trials=args.n_trials, batch_size=args.batch_size, image_batch_size=args.image_batch_size,
+        strategy=args.strategy, max_evaluations=args.max_evaluations, prefilter=args.prefilter,
+        error_cache=args.error_cache, recommended=args.recommended,
         templates=args.templates, dtype=args.dtype, device=args.device, limit=args.limit, download=args.download,
         language=args.language, channels_last=args.channels_last, compile=args.compile, tf32=args.tf32,
         compile_mode=args.compile_mode, attention=args.attention, prefetch=args.prefetch,

@@ -20,8 +20,9 @@ from typing import Any
 __all__ = ["RunIdentity", "IdentityMismatchError", "STORE_FORMAT"]
 
 # Bump when the record layout changes; stores of another format are then refused.
-# 2: noise keyed by image content, as classify(); 3: a CRC-32 per record, cpu_threads in the identity.
-STORE_FORMAT = 3
+# 2: noise keyed by image content, as classify(); 3: a CRC-32 per record, cpu_threads in the identity;
+# 4: eps keyed by (seed, image, t, trial), the strategy, budget and prefilter in the identity.
+STORE_FORMAT = 4
 
 # How to match a stored field that the command line does not set directly.
 _HINTS = {
@@ -57,6 +58,9 @@ class RunIdentity:
     split: str
     dataset_size: int  # samples in the split (a --limit only evaluates a prefix of them)
     speed_levers: tuple[str, ...] = ()  # channels_last / compile / tf32: they change float rounding
+    strategy: dict | None = None  # dc_zoo.strategies spec (None: the paper's stages)
+    max_evaluations: int | None = None  # per-image budget
+    prefilter: dict | None = None  # contrastive prefilter spec
     cpu_threads: int | None = None  # torch.get_num_threads() when scored on the CPU, None on a GPU
     store_format: int = STORE_FORMAT
 
@@ -97,7 +101,7 @@ class RunIdentity:
         if stored.store_format != self.store_format:
             raise IdentityMismatchError(
                 f"{where} was written in store format {stored.store_format} by another dc_zoo version (this one writes "
-                f"format {self.store_format}: records with checksums, the CPU thread count in the identity). Finish "
+                f"format {self.store_format}: noise keyed by timestep, records with checksums). Finish "
                 "that run with the dc_zoo version that started it (its records are kept), or write this run to "
                 "another --output directory."
             )

@@ -126,7 +126,8 @@ class SampleRecord:
         index: position in the dataset split; also the sample's noise key.
         label: the true class index.
         prediction: the predicted class index (-1 when the sample could not be scored).
-        errors: per class, the mean denoising error of its best prompt (lower is better).
+        errors: per class, the mean denoising error of its best prompt (lower is better); NaN
+            for a class never evaluated (a prefilter dropped it), stored as null.
         stage_reached: per class, the last adaptive stage that evaluated it.
         evaluations: network evaluations spent on this sample.
         error: why the sample could not be scored, else None: an unreadable image
@@ -144,7 +145,7 @@ class SampleRecord:
 
     def to_json(self) -> str:
         d = asdict(self)
-        d["errors"] = list(self.errors) if self.errors is not None else None
+        d["errors"] = [None if v != v else v for v in self.errors] if self.errors is not None else None
         d["stage_reached"] = list(self.stage_reached) if self.stage_reached is not None else None
         body = json.dumps(d, separators=(",", ":"), allow_nan=False)  # ASCII: non-ASCII is escaped
         return f'{body[:-1]},"{_CHECK_KEY}":"{_checksum(body.encode())}"}}'
@@ -153,7 +154,7 @@ class SampleRecord:
     def from_dict(cls, d: dict) -> "SampleRecord":
         return cls(
             index=int(d["index"]), label=int(d["label"]), prediction=int(d["prediction"]),
-            errors=tuple(float(v) for v in d["errors"]) if d.get("errors") is not None else None,
+            errors=tuple(float("nan") if v is None else float(v) for v in d["errors"]) if d.get("errors") is not None else None,
             stage_reached=tuple(int(v) for v in d["stage_reached"]) if d.get("stage_reached") is not None else None,
             evaluations=int(d["evaluations"]), error=d.get("error"),
         )

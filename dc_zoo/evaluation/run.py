@@ -124,6 +124,11 @@ class EvalConfig:
     seed: int | None = None
     n_trials: int | None = None
     batch_size: int | str | None = None  # network evaluations per forward pass, or "auto" (measured once)
+    strategy: dict | None = None  # dc_zoo.strategies spec, e.g. {"name": "sequential"}; None: the entry's
+    max_evaluations: int | None = None  # per-image budget (anytime answer)
+    prefilter: dict | None = None  # {"model": open_clip name, "k": classes kept}
+    error_cache: str | None = None  # SQLite file of network errors shared by runs (dc_zoo.error_cache)
+    recommended: bool = False  # start from the entry's measured cheaper scoring instead of the paper's
     image_batch_size: int = 8  # samples per chunk (scored together, written together)
     templates: str = "entry"  # "entry", "clip_benchmark" or a template file
     dtype: str | None = None
@@ -223,7 +228,8 @@ def _candidates(clf: DiffusionClassifier, dataset: BenchmarkDataset, template_so
 
 
 def _scoring(config: EvalConfig, clf: DiffusionClassifier) -> ScoringConfig:
-    overrides = {k: getattr(config, k) for k in ("n_samples", "to_keep", "loss", "seed", "n_trials", "batch_size")
+    overrides = {k: getattr(config, k) for k in ("n_samples", "to_keep", "loss", "seed", "n_trials", "batch_size",
+                                                 "strategy", "max_evaluations", "prefilter")
                  if getattr(config, k) is not None}
     return dataclasses.replace(clf.scoring, **overrides)
 
@@ -405,9 +411,11 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
             from .._factory import create_model
 
             classifier = create_model(config.model, revision=config.revision, device=ctx.device, dtype=config.dtype,
-                                      image_batch_size=B)
+                                      image_batch_size=B, scoring="recommended" if config.recommended else None)
         clf = classifier
         levers = _apply_speed_levers(clf, config)
+        if config.error_cache:
+            clf.use_error_cache(config.error_cache)  # after the levers: they are part of its namespace
         candidates, templates = _candidates(clf, dataset, config.templates)
         scoring = _scoring(config, clf)
         _check_schedule(scoring, clf, candidates)
@@ -444,6 +452,7 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
         batch_size=int(scoring.batch_size), image_batch_size=B, templates=tuple(templates),
         class_names=tuple(dataset.classes), dataset=config.dataset, split=config.split,
         dataset_size=dataset.size, speed_levers=levers,
+        strategy=scoring.strategy, max_evaluations=scoring.max_evaluations, prefilter=scoring.prefilter,
         cpu_threads=torch.get_num_threads() if torch.device(clf.backend.device).type == "cpu" else None,
     )
     identity = RunIdentity.from_dict(json.loads(json.dumps(identity.to_dict())))  # as a header reads back

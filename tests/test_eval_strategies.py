@@ -1,0 +1,44 @@
+"""``dc-zoo eval`` with a strategy, a budget, a prefilter and an error cache: recorded in the
+run identity, and a second run answered from the cache gives the same records."""
+from __future__ import annotations
+
+import json
+
+from _eval_fixtures import digits_root, eval_args, read_results, run_eval  # noqa: F401 - fixtures
+
+SEQUENTIAL = json.dumps({"name": "sequential", "alpha": 0.05, "chunk": 5, "max_timesteps": 50})
+
+
+def test_strategy_prefilter_budget_and_cache_through_dc_zoo_eval(digits_root, tmp_path):
+    cache = tmp_path / "errors.sqlite"
+    extra = ["--strategy", SEQUENTIAL, "--prefilter", "clip-digits-mini:3", "--max-evaluations", "120",
+             "--n-samples", "50", "--to-keep", "1", "--error-cache", str(cache)]
+    first = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "a", *extra))
+    assert first.returncode == 0, first.stderr
+    results, samples = read_results(tmp_path / "a")
+    header = json.loads((next(p for p in (tmp_path / "a").iterdir() if p.is_dir()) / "samples.jsonl")
+                        .read_text().splitlines()[0])
+    identity = header["identity"]
+    assert identity["strategy"]["name"] == "sequential" and identity["prefilter"] == {"model": "clip-digits-mini", "k": 3}
+    assert identity["max_evaluations"] == 120 and identity["store_format"] == 4
+    assert all(s["evaluations"] <= 120 for s in samples)
+    assert all(sum(stage >= 0 for stage in s["stage_reached"]) <= 3 for s in samples)  # only CLIP's top-3 scored
+    assert results["metrics"]["acc1"] >= 0.75
+    assert cache.stat().st_size > 0
+    # the same run into another folder: every error comes from the cache, the records agree
+    second = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "b", *extra))
+    assert second.returncode == 0, second.stderr
+    _, again = read_results(tmp_path / "b")
+    assert [(s["prediction"], s["evaluations"]) for s in again] == [(s["prediction"], s["evaluations"]) for s in samples]
+    assert [s["errors"] for s in again] == [s["errors"] for s in samples]
+    # another strategy in the first folder is another run: refused, naming the field
+    other = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "a", "--n-samples", "50", "--to-keep", "1",
+                               "--prefilter", "clip-digits-mini:3", "--max-evaluations", "120"))
+    assert other.returncode == 2 and "strategy" in other.stderr
+
+
+def test_bad_strategy_and_prefilter_options_are_one_line_errors(digits_root, tmp_path):
+    bad = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "c", "--strategy", "bandit"))
+    assert bad.returncode == 2 and "Unknown strategy 'bandit'" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "c", "--prefilter", "clip-digits-mini"))
+    assert bad.returncode == 2 and "MODEL:K" in bad.stderr
