@@ -149,12 +149,14 @@ class DiffusionClassifier:
         dtype, device type, speed levers, preprocessing and the noise version."""
         from .noise import NOISE_VERSION
 
+        device = torch.device(self.backend.device)
         identity: dict[str, Any] = {
-            "backend": type(self.backend).__name__, "dtype": str(self.backend.dtype),
-            "device": torch.device(self.backend.device).type,
-            "speed_levers": list(getattr(self.backend, "speed_levers", ())),
+            "backend": type(self.backend).__name__, "dtype": str(self.backend.dtype), "device": device.type,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,  # reduction order: last bits
+            "torch": torch.__version__, "speed_levers": list(getattr(self.backend, "speed_levers", ())),
             "preprocess": dataclasses.asdict(self.preprocess), "noise": NOISE_VERSION,
-            "schedule": repr(self.backend.schedule),
+            "schedule": _schedule_digest(self.backend.schedule),
         }
         source = self.source
         if source is not None and (getattr(source, "commit", None) or getattr(source, "revision", None)):
@@ -173,7 +175,7 @@ class DiffusionClassifier:
             cache.close()
         self._error_caches = {}
         self.error_cache_path = path
-        self._cache_identity = dict(identity) if identity is not None else (self.model_identity() if path else None)
+        self._cache_identity = dict(identity) if identity is not None else None  # None: model_identity() per call
         return self
 
     def _error_cache_for(self, scoring: ScoringConfig):
@@ -181,7 +183,9 @@ class DiffusionClassifier:
             return None
         from .error_cache import ErrorCache, namespace_for
 
-        namespace = namespace_for({**self._cache_identity, "loss": scoring.loss, "seed": int(scoring.seed)})
+        # computed per call: speed levers, dtype or device changed after use_error_cache() count
+        identity = self._cache_identity if self._cache_identity is not None else self.model_identity()
+        namespace = namespace_for({**identity, "loss": scoring.loss, "seed": int(scoring.seed)})
         if namespace not in self._error_caches:
             self._error_caches[namespace] = ErrorCache(self.error_cache_path, namespace)
         return self._error_caches[namespace]
@@ -222,12 +226,17 @@ class DiffusionClassifier:
         conditions = self.encode_candidates(candidates)
         scoring = self.scoring_for(scoring, x0, conditions)
         mask = self.prefilter_mask(pixels, candidates, scoring.prefilter) if scoring.prefilter else None
-        cache = self._error_cache_for(scoring)
+        # Caller-supplied noise is not the keyed noise the cache's errors belong to: no cache then.
+        cache = self._error_cache_for(scoring) if noise is None else None
+        # A cached error belongs to the image content and the noise key together (caller keys such
+        # as dataset indices repeat across datasets).
+        cache_keys = [f"{image_key(p)}|{k!s}" for p, k in zip(pixels, sample_keys)] if cache is not None else None
         return score_candidates(
             self.backend.denoise, self.backend.schedule, x0, conditions, scoring,
             sample_keys=sample_keys, noise=noise, model_dtype=self.backend.dtype, on_batch=on_batch,
             pad_batches=self.backend.static_batch, candidate_mask=mask, error_cache=cache,
             condition_keys=[_condition_key(c) for c in candidates.conditions] if cache is not None else None,
+            cache_keys=cache_keys,
         )
 
     def classify_pixels(self, pixels: torch.Tensor, candidates: CandidateSet,
@@ -312,7 +321,7 @@ class DiffusionClassifier:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(items), unit="img", desc="diffusion-classifier", dynamic_ncols=True)
-        correct, done, start = 0, 0, time.perf_counter()
+        correct, done, spent, start = 0, 0, 0, time.perf_counter()
 
         def prepare(lo: int) -> tuple[int, torch.Tensor]:  # runs on the read-ahead thread
             hi = lo + self.image_batch_size
@@ -336,8 +345,9 @@ class DiffusionClassifier:
                         raise
                     outputs.append(out)
                     done += n
+                    spent += int(out.evaluations.sum())
                     if bar is not None:
-                        postfix = {"evals/img": int(out.evaluations[0])}
+                        postfix = {"evals/img": f"{spent / done:.0f}"}  # a running mean: strategies vary per image
                         if labels is not None:
                             correct += int((out.predictions.cpu() == torch.as_tensor(labels[lo : lo + n])).sum())
                             postfix["acc"] = f"{100.0 * correct / done:.1f}%"
@@ -394,10 +404,34 @@ def _condition_key(condition: Any) -> str:
     return condition if isinstance(condition, str) else f"label:{int(condition)}"
 
 
+def _schedule_digest(schedule: Any) -> str:
+    """The noise schedule exactly: its class, its public settings and the bytes of its tensors
+    (private attributes, such as per-device copies made on first use, are caches, not settings)."""
+    import hashlib
+
+    digest = hashlib.sha256(type(schedule).__name__.encode())
+    for name, value in sorted(vars(schedule).items()):
+        if name.startswith("_"):
+            continue
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode() + t.view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(f"{name}={value!r}".encode())
+    return digest.hexdigest()
+
+
 def _parameters_digest(backend: Any) -> str:
     """sha256 of every tensor of the backend's networks (names, dtypes, shapes, bytes)."""
     import hashlib
 
+    callables = [name for name, v in vars(backend).items()
+                 if callable(v) and not isinstance(v, torch.nn.Module) and not isinstance(v, type)
+                 and name.endswith("encoder")]
+    if callables:
+        raise ValueError(f"{type(backend).__name__} uses {callables}, plain functions whose effect no hash can see: "
+                         "pass use_error_cache(path, identity={...}) naming your model and encoders (e.g. their "
+                         "checkpoint hashes and code version).")
     modules = {name: m for name, m in sorted(vars(backend).items()) if isinstance(m, torch.nn.Module)}
     if not modules:
         raise ValueError(f"{type(backend).__name__} holds no torch module whose parameters identify it; pass "

@@ -170,6 +170,7 @@ def score_candidates(
     candidate_mask: torch.Tensor | None = None,
     error_cache: Any = None,
     condition_keys: Sequence[str] | None = None,
+    cache_keys: Sequence[str] | None = None,
 ) -> EngineResult:
     """Run the strategy's rounds for ``N`` images against ``C`` candidates.
 
@@ -195,6 +196,8 @@ def score_candidates(
             seed and preprocessing: errors found there are not recomputed, new ones are stored
             after each forward pass.
         condition_keys: with ``error_cache``, one stable text per candidate (its prompt or label).
+        cache_keys: with ``error_cache``, each image's key there (default: its sample key); the
+            classifier uses content hash and noise key together.
 
     Returns:
         An ``EngineResult``.
@@ -231,6 +234,8 @@ def score_candidates(
     device = x0.device
     R = int(config.n_trials)
     n_t = plan.num_timesteps
+    if error_cache is not None and noise is not None:
+        raise ValueError("error_cache holds errors of the keyed noise; do not combine it with caller-supplied noise.")
     if noise is None:
         noise = make_noise(config.seed, sample_keys, plan, R, tuple(x0.shape[1:]))
     expected = (N, n_t, R, *x0.shape[1:])
@@ -248,11 +253,13 @@ def score_candidates(
         if not bool(alive.any(1).all()):
             raise ValueError("candidate_mask leaves an image with no candidate; keep at least one per image.")
     active = torch.ones(N, dtype=torch.bool, device=device)
+    n_candidates = alive.sum(1)
     timestep_errors = torch.full((N, C, n_t, R), float("nan"), device=device)
     stage_reached = torch.full((N, C), -1, dtype=torch.long, device=device)
     evaluations = torch.zeros(N, dtype=torch.long, device=device)
     cached_evaluations = torch.zeros(N, dtype=torch.long)
-    cache = _CacheView(error_cache, sample_keys, condition_keys, plan, C, R) if error_cache is not None else None
+    cache = (_CacheView(error_cache, cache_keys or sample_keys, condition_keys, plan, C, R)
+             if error_cache is not None else None)
     B = int(config.batch_size)
 
     def result(prediction: torch.Tensor) -> EngineResult:
@@ -306,7 +313,7 @@ def score_candidates(
                 )
         state = RoundState(round=stage, timestep_errors=timestep_errors, alive=alive,
                            active=active, evaluations=evaluations, plan=plan,
-                           max_evaluations=config.max_evaluations, n_trials=R)
+                           max_evaluations=config.max_evaluations, n_trials=R, n_candidates=n_candidates)
         decision = apply_budget(state, strategy.decide(state))
         alive, active = decision.alive, decision.active
         logger.debug("round %d: %d timesteps x %d (image, candidate) pairs", stage, P, M)
@@ -323,7 +330,7 @@ class _CacheView:
         if condition_keys is None or len(condition_keys) != C:
             raise ValueError(f"error_cache needs one condition key per candidate ({C}); got "
                              f"{None if condition_keys is None else len(condition_keys)}.")
-        self.cache, self.keys = cache, [str(k) for k in sample_keys]
+        self.cache, self.keys, self.failed = cache, [str(k) for k in sample_keys], False
         self.conditions = [str(c) for c in condition_keys]
         self.timesteps = list(plan.timesteps)
         self.known = torch.full((len(self.keys), C, plan.num_timesteps, R), float("nan"))
@@ -347,10 +354,17 @@ class _CacheView:
         img, cand, tpos, trial = (v.cpu().tolist() for v in (img, cand, tpos, trial))
 
         def store(start: int, errors: torch.Tensor) -> None:
+            if self.failed:
+                return
             values = errors.detach().float().cpu().tolist()
             rows = [(self.keys[img[start + i]], self.conditions[cand[start + i]], self.timesteps[tpos[start + i]],
                      trial[start + i], v) for i, v in enumerate(values) if math.isfinite(v)]
             if rows:
-                self.cache.put(rows)
+                try:
+                    self.cache.put(rows)
+                except Exception as err:  # noqa: BLE001 - a cache is an optimisation: scoring goes on
+                    self.failed = True
+                    logger.warning("The error cache could not be written (%s); scoring goes on without storing "
+                                   "new errors.", err)
 
         return store

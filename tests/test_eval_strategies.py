@@ -24,13 +24,21 @@ def test_strategy_prefilter_budget_and_cache_through_dc_zoo_eval(digits_root, tm
     assert all(s["evaluations"] <= 120 for s in samples)
     assert all(sum(stage >= 0 for stage in s["stage_reached"]) <= 3 for s in samples)  # only CLIP's top-3 scored
     assert results["metrics"]["acc1"] >= 0.75
-    assert cache.stat().st_size > 0
-    # the same run into another folder: every error comes from the cache, the records agree
+    from dc_zoo.error_cache import ErrorCache
+
+    def rows():
+        with ErrorCache(cache, "probe") as probe:
+            return sum(probe.namespaces().values())
+
+    stored = rows()
+    assert stored > 0
+    # the same run into another folder: every error comes from the cache (no new row), the records agree
     second = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "b", *extra))
     assert second.returncode == 0, second.stderr
     _, again = read_results(tmp_path / "b")
     assert [(s["prediction"], s["evaluations"]) for s in again] == [(s["prediction"], s["evaluations"]) for s in samples]
     assert [s["errors"] for s in again] == [s["errors"] for s in samples]
+    assert rows() == stored
     # another strategy in the first folder is another run: refused, naming the field
     other = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "a", "--n-samples", "50", "--to-keep", "1",
                                "--prefilter", "clip-digits-mini:3", "--max-evaluations", "120"))

@@ -70,11 +70,14 @@ def test_spread_order_keeps_every_prefix_spread():
 
 
 def test_student_t_quantile_matches_known_values():
-    # two-sided 95% (one-sided 0.025) quantiles from the t table
-    for df, exact in ((5, 2.5706), (10, 2.2281), (30, 2.0423), (1000, 1.9623)):
-        q = float(student_t_quantile(torch.tensor(0.025), torch.tensor(df)))
-        assert q == pytest.approx(exact, rel=0.01)
-    assert float(student_t_quantile(torch.tensor(0.0005), torch.tensor(20))) == pytest.approx(3.8495, rel=0.01)
+    # quantiles from the t table, far tails included (where an expansion would be anti-conservative)
+    for df, p, exact in ((5, 0.025, 2.570582), (10, 0.025, 2.228139), (30, 0.025, 2.042272), (1000, 0.025, 1.962339),
+                         (20, 0.0005, 3.849516), (2, 0.001, 22.327125), (1, 0.05, 6.313752)):
+        q = float(student_t_quantile(torch.tensor(p), torch.tensor(df)))
+        assert q == pytest.approx(exact, rel=1e-5)
+    from dc_zoo.strategies.sequential import student_t_sf
+
+    assert student_t_sf(24.771029733, 5) == pytest.approx(1e-6, rel=1e-5)
 
 
 def state_from(errors: torch.Tensor, strategy: SequentialPairedTest, round_index: int) -> RoundState:
@@ -120,6 +123,28 @@ def test_false_drops_stay_below_alpha_over_every_look():
         seen[:, :, : (r + 1) * chunk] = errors[:, :, : (r + 1) * chunk]
         found |= ~strategy.decide(state_from(seen, strategy, r)).alive[:, 1]
     assert float(found.float().mean()) > 0.5
+
+
+def test_the_best_of_many_candidates_is_dropped_at_most_at_rate_alpha_over_2():
+    """The documented guarantee with m = 10: candidate 0 is best by a hair, the nine others equal;
+    over all looks candidate 0 is dropped in at most alpha / 2 of the runs."""
+    alpha, chunk, n_t, runs, m = 0.2, 5, 60, 300, 10
+    strategy = SequentialPairedTest(alpha=alpha, chunk=chunk, min_timesteps=10)
+    g = torch.Generator().manual_seed(2)
+    errors = (1.0 + torch.rand(runs, 1, n_t, 1, generator=g)) + 0.05 * torch.randn(runs, m, n_t, 1, generator=g)
+    errors[:, 1:] += 0.002
+    lost = torch.zeros(runs, dtype=torch.bool)
+    alive = torch.ones(runs, m, dtype=torch.bool)
+    for r in range(n_t // chunk):
+        seen = torch.full_like(errors, float("nan"))
+        seen[:, :, : (r + 1) * chunk] = errors[:, :, : (r + 1) * chunk]
+        state = state_from(seen, strategy, r)
+        state.alive = alive.clone()
+        state.n_candidates = torch.full((runs,), m)
+        alive = strategy.decide(state).alive
+        lost |= ~alive[:, 0]
+    assert float(lost.float().mean()) <= alpha / 2
+    assert int((~alive).sum()) > 0  # the test did drop candidates on the way
 
 
 def test_sequential_through_the_engine_drops_only_worse_candidates_and_spends_less():

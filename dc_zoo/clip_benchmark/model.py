@@ -26,6 +26,9 @@ a single prediction.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import contextlib
 import logging
 import time
@@ -118,7 +121,11 @@ def _prompts_for(classname: str, templates: Any) -> list[str]:
 
 
 def single_stage(scoring: ScoringConfig) -> ScoringConfig:
-    """Every candidate on the final stage's timesteps: pair scores that are comparable across images."""
+    """Every candidate on the final stage's timesteps: pair scores that are comparable across images
+    (so no strategy, budget or prefilter: a caption score must not depend on which others were dropped)."""
+    if scoring.strategy or scoring.max_evaluations or scoring.prefilter:
+        logger.info("caption scoring evaluates every caption at every timestep: the strategy, budget and "
+                    "prefilter of the scoring config do not apply to it")
     return ScoringConfig(n_samples=(max(scoring.n_samples),), to_keep=(1,), loss=scoring.loss,
                          n_trials=scoring.n_trials, seed=scoring.seed, batch_size=scoring.batch_size)
 
@@ -129,8 +136,7 @@ def fit_to_candidates(scoring: ScoringConfig, n_candidates: int) -> ScoringConfi
     if to_keep == scoring.to_keep:
         return scoring
     logger.info("to_keep %s capped at the %d candidates: %s", scoring.to_keep, n_candidates, to_keep)
-    return ScoringConfig(n_samples=scoring.n_samples, to_keep=to_keep, loss=scoring.loss, n_trials=scoring.n_trials,
-                         seed=scoring.seed, batch_size=scoring.batch_size, extra=scoring.extra)
+    return dataclasses.replace(scoring, to_keep=to_keep)  # the strategy, budget and prefilter stay
 
 
 class DiffusionClassifierForClipBenchmark(nn.Module):
@@ -231,7 +237,10 @@ class DiffusionClassifierForClipBenchmark(nn.Module):
             "dc_evaluations_per_image": self.stats.evaluations / n,
             "dc_seconds_per_image": self.stats.seconds / n,
             "dc_schedule": (f"n_samples={'/'.join(map(str, s.n_samples))} to_keep={'/'.join(map(str, s.to_keep))} "
-                            f"loss={s.loss} n_trials={s.n_trials}"),
+                            f"loss={s.loss} n_trials={s.n_trials}"
+                            + (f" strategy={json.dumps(s.strategy, sort_keys=True)}" if s.strategy else "")
+                            + (f" prefilter={s.prefilter['model']}:{s.prefilter['k']}" if s.prefilter else "")
+                            + (f" max_evaluations={s.max_evaluations}" if s.max_evaluations else "")),
             "dc_seed": s.seed,
             "dc_candidates": len(self.candidates) if self.candidates is not None else None,
             "dc_caption_score": self.caption_score if self.task in PAIR_TASKS else None,

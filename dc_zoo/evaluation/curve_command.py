@@ -73,7 +73,7 @@ def run_command(args: argparse.Namespace) -> int:
     specs = default_specs(len(classes), args.prefilter, args.size)
     args.out.mkdir(parents=True, exist_ok=True)
     result = run_curve(clf, images, labels, classes, specs, model=args.model, dataset=f"{args.dataset}/{args.split}",
-                       cache_path=args.cache or (args.out / "errors.sqlite"), batch_size=int(args.batch_size),
+                       cache_path=args.cache or (args.out / "errors.sqlite"), batch_size=args.batch_size,
                        seed=args.seed, progress=not args.no_progress, information_pool=args.information_pool)
     paths = write_curve(result, args.out)
     ref = result.points[0]

@@ -85,7 +85,7 @@ def default_specs(num_classes: int, prefilter_model: str | None = None, size: st
         specs.append(CurveSpec("8 keep 1", "paper", _stages((8,), (1,))))
         specs.append(CurveSpec("sequential a=0.05 chunk 4", "strategy",
                                {**_stages((32,), (1,)), "strategy": {"name": "sequential", "alpha": 0.05, "chunk": 4,
-                                                                    "min_timesteps": 4}}))
+                                                                    "min_timesteps": 8}}))
         if prefilter_model:
             specs.append(CurveSpec(f"prefilter top-2 + 8/32 keep 2/1", "strategy",
                                    {**_stages((8, 32), (min(2, K), 1)), "prefilter": {"model": prefilter_model, "k": 2}}))
@@ -118,8 +118,17 @@ def default_specs(num_classes: int, prefilter_model: str | None = None, size: st
     return specs
 
 
+def _scoring(clf, fields: dict[str, Any], batch_size: int | str, seed: int) -> ScoringConfig:
+    """A point's scoring: the classifier's (its loss, trials) with the point's stages and strategy only."""
+    import dataclasses
+
+    base = dataclasses.replace(clf.scoring, strategy=None, prefilter=None, max_evaluations=None)
+    fields = {k: tuple(v) if k in ("n_samples", "to_keep") else v for k, v in fields.items()}
+    return dataclasses.replace(base, **fields, batch_size=batch_size, seed=seed)
+
+
 def run_curve(clf, images: Sequence[Any], labels: Sequence[int], classes: Sequence[Any], specs: Sequence[CurveSpec],
-              *, model: str, dataset: str, cache_path: str | Path, batch_size: int = 256, seed: int = 0,
+              *, model: str, dataset: str, cache_path: str | Path, batch_size: int | str = 256, seed: int = 0,
               progress: bool = True, information_pool: int | None = 100) -> CurveResult:
     """Run every spec on the same images through ``clf.classify`` with one error cache."""
     labels_t = torch.as_tensor(list(labels))
@@ -129,7 +138,7 @@ def run_curve(clf, images: Sequence[Any], labels: Sequence[int], classes: Sequen
     reference_predictions = None
     try:
         for spec in specs:
-            scoring = ScoringConfig(**{**spec.scoring, "batch_size": batch_size, "seed": seed})
+            scoring = _scoring(clf, spec.scoring, batch_size, seed)
             start = time.perf_counter()
             out = clf.classify(images, classes, scoring=scoring, labels=list(labels), progress=progress)
             seconds = time.perf_counter() - start
@@ -176,11 +185,11 @@ def cross_fitted_calibration(errors: torch.Tensor, ranking: torch.Tensor, labels
             "nll_before": negative_log_likelihood(before, labels), "nll_after": negative_log_likelihood(after, labels)}
 
 
-def timestep_information(clf, images, labels, classes, pool: int, *, batch_size: int = 256, seed: int = 0,
+def timestep_information(clf, images, labels, classes, pool: int, *, batch_size: int | str = 256, seed: int = 0,
                          progress: bool = False) -> dict[str, Any]:
     """Per timestep of a ``pool``-timestep plan: the mean margin (best other class's error minus
     the true class's) and the accuracy of that timestep alone, every class scored everywhere."""
-    scoring = ScoringConfig(n_samples=(pool,), to_keep=(1,), batch_size=batch_size, seed=seed)
+    scoring = _scoring(clf, {"n_samples": (pool,), "to_keep": (1,)}, batch_size, seed)
     out = clf.classify(images, classes, scoring=scoring, return_timestep_errors=True, progress=progress)
     errors = out.timestep_errors.mean(dim=3).double()  # [N, C, T] (candidates = classes here)
     labels_t = torch.as_tensor(list(labels))

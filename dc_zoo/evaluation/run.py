@@ -277,7 +277,8 @@ def _resolve_auto_batch_size(ctx: DistributedContext, clf: DiffusionClassifier, 
 
 def _check_schedule(scoring: ScoringConfig, clf: DiffusionClassifier, candidates: CandidateSet) -> None:
     validate_stages(scoring.n_samples, scoring.to_keep, clf.backend.schedule.num_train_timesteps)
-    if max(scoring.to_keep[:-1], default=1) > len(candidates):
+    stages = (scoring.strategy or {}).get("name", "stages") == "stages"
+    if stages and not scoring.prefilter and max(scoring.to_keep[:-1], default=1) > len(candidates):
         raise ValueError(
             f"to_keep={scoring.to_keep} keeps more candidates than the {len(candidates)} this dataset has; pass "
             f"--to-keep with values of at most {len(candidates)}."

@@ -32,6 +32,7 @@ class RoundState:
         plan: the timestep plan the rounds come from.
         max_evaluations: the per-image budget (None: no budget).
         n_trials: eps draws per timestep.
+        n_candidates: ``[N]`` candidates each image started the race with (after any prefilter).
     """
 
     round: int
@@ -42,6 +43,11 @@ class RoundState:
     plan: TimestepPlan
     max_evaluations: int | None
     n_trials: int
+    n_candidates: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_candidates is None:
+            self.n_candidates = self.alive.sum(1)
 
     @property
     def is_last_round(self) -> bool:

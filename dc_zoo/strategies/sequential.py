@@ -9,16 +9,17 @@ candidate that is clearly worse than the leader can be dropped early. Here:
   prefix is spread over [0, T) and early looks are not biased to one noise level.
 * Test: after each round, for each alive candidate ``j`` and the leader ``L`` (lowest mean
   error), the paired differences ``d = e_j - e_L`` over the n evaluated (t, eps) pairs give
-  the statistic ``mean(d) / (sd(d) / sqrt(n))``; ``j`` is dropped when it exceeds the
-  Student-t quantile at level ``alpha_look / (2 (m - 1))``: Bonferroni over the m - 1
-  comparisons, two-sided because the leader is chosen by the same data (with a one-sided level
-  two equal candidates lose one of them at twice the rate).
+  the statistic ``mean(d) / (sd(d) / sqrt(n))``; ``j`` is dropped when it exceeds the exact
+  Student-t quantile (df = n - 1) at level ``alpha_look / (2 (m - 1))``, m the image's number
+  of candidates at the start (fixed, so the bound below does not depend on the data).
 * Repeated looks: look ``k`` (1-based, counting looks at which a test was made) spends
-  ``alpha * 6 / (pi^2 k^2)``; these sum to ``alpha``, so by the union bound the chance of ever
-  dropping a candidate that is in fact no worse than the leader stays below ``alpha`` however
-  many looks there are (an alpha-spending rule; conservative, and it holds for unplanned
-  stopping). The t quantile treats the pairs as a sample, which is an approximation: the
-  timesteps are a fixed spread set, not random draws.
+  ``alpha_look = alpha * 6 / (pi^2 k^2)``; these sum to ``alpha``.
+* What it guarantees (union bound over looks and over the m - 1 possible leaders): the best
+  candidate, the one of lowest mean error over the pool, is dropped with probability at most
+  ``alpha / 2``, however many looks there are. It does not bound the chance of dropping one of
+  several candidates that are all equally good (with 50 equal candidates, one of them is lost
+  far more often; any of them is then as good an answer). The t quantile treats the pairs as a
+  sample, an approximation: the timesteps are a fixed spread set, not random draws.
 * ``min_timesteps`` pairs before any drop; the pool size bounds the timesteps per candidate;
   an image stops when one candidate is left (or its budget is spent, ``dc_zoo.strategies.budget``).
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -45,17 +47,71 @@ def spread_order(n: int) -> list[int]:
     return keyed
 
 
-def student_t_quantile(p: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
-    """Upper quantile of Student's t with ``df`` degrees of freedom (``P(T > q) = p``).
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta (Lentz's method)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
 
-    The normal quantile with the Cornish-Fisher expansion in 1/df (Abramowitz & Stegun 26.7.5);
-    within 1% of the exact value for df >= 5 and p >= 1e-6, which is what the tests use.
-    """
-    z = torch.special.ndtri(1.0 - p.to(torch.float64))
-    v = df.to(torch.float64)
-    z3, z5, z7 = z**3, z**5, z**7
-    return (z + (z3 + z) / (4 * v) + (5 * z5 + 16 * z3 + 3 * z) / (96 * v**2)
-            + (3 * z7 + 19 * z5 + 17 * z3 - 15 * z) / (384 * v**3))
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def student_t_sf(t: float, df: float) -> float:
+    """``P(T > t)`` for Student's t with ``df`` degrees of freedom."""
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return tail if t >= 0 else 1.0 - tail
+
+
+@lru_cache(maxsize=4096)
+def _t_isf(p: float, df: int) -> float:
+    lo, hi = 0.0, 1.0
+    while student_t_sf(hi, df) > p:
+        hi *= 2.0
+    for _ in range(200):  # bisection to float precision
+        mid = 0.5 * (lo + hi)
+        if student_t_sf(mid, df) > p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * hi:
+            break
+    return hi
+
+
+def student_t_quantile(p: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
+    """Upper quantile of Student's t (``P(T > q) = p``), exact to float precision, for 0 < p < 0.5."""
+    ps, dfs = torch.broadcast_tensors(p.to(torch.float64), df.to(torch.float64))
+    values = [_t_isf(float(a), int(b)) for a, b in zip(ps.reshape(-1).tolist(), dfs.reshape(-1).tolist())]
+    return torch.tensor(values, dtype=torch.float64).view(ps.shape)
 
 
 @dataclass(frozen=True)
@@ -83,9 +139,9 @@ class SequentialPairedTest:
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"sequential strategy: {field_name} must be a positive integer, got {value!r}.")
-        if self.min_timesteps < 3:
-            raise ValueError(f"sequential strategy: min_timesteps must be at least 3 (a variance needs pairs), "
-                             f"got {self.min_timesteps}.")
+        if self.min_timesteps < 5:
+            raise ValueError(f"sequential strategy: min_timesteps must be at least 5 (the test needs a variance "
+                             f"from several pairs), got {self.min_timesteps}.")
         if self.max_timesteps is not None and (isinstance(self.max_timesteps, bool) or
                                                not isinstance(self.max_timesteps, int) or self.max_timesteps < 1):
             raise ValueError(f"sequential strategy: max_timesteps must be a positive integer or null, "
@@ -123,7 +179,7 @@ class SequentialPairedTest:
             mean = diff.sum(2) / nn
             var = ((diff - mean.unsqueeze(2)) ** 2 * evaluated.unsqueeze(1)).sum(2) / (nn - 1)
             stat = mean / (var.clamp_min(1e-300).sqrt() / nn.sqrt())
-            m = alive.sum(1).to(torch.float64)
+            m = state.n_candidates.to(torch.float64)  # fixed per image: the bound holds whatever was dropped
             level = torch.full((N,), self.look_level(look), dtype=torch.float64)
             critical = student_t_quantile(level / (2 * (m - 1).clamp_min(1)), (n - 1).clamp_min(1))
             drop = (stat > critical.view(N, 1)) & alive & testing.view(N, 1)

@@ -33,7 +33,7 @@ class StageSchedule:
         means = mean_errors(state.timestep_errors)
         means = torch.where(state.alive & ~torch.isnan(means), means, torch.full_like(means, float("inf")))
         k = min(keep, means.shape[1])
-        order = torch.topk(-means, k=k, dim=1).indices
+        order = torch.sort(means, dim=1, stable=True).indices[:, :k]  # ties: the lower index, always
         alive = torch.zeros_like(state.alive)
         alive.scatter_(1, order, True)
         alive &= state.alive  # fewer alive than `keep` (a prefilter): topk picked some dead ones
