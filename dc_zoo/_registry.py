@@ -121,6 +121,21 @@ def _semantic_errors(data: Mapping[str, Any], where: str) -> list[str]:
         errors.append(f"{where}: a text-conditional entry needs a prompt template")
     if data.get("template") and "{}" not in data["template"] and "{c}" not in data["template"]:
         errors.append(f"{where}.template: {data['template']!r} has no '{{}}' placeholder")
+    if data.get("recommended"):
+        from .config import ScoringConfig
+
+        fields = {k: tuple(v) if k in ("n_samples", "to_keep") else v for k, v in data["recommended"]["scoring"].items()}
+        try:
+            ScoringConfig(**fields)
+        except (TypeError, ValueError) as err:
+            errors.append(f"{where}.recommended.scoring: {err}")
+    for key, fields in (data.get("calibration") or {}).items():
+        from .calibration import Calibration
+
+        try:
+            Calibration.from_dict(fields)
+        except (TypeError, ValueError) as err:
+            errors.append(f"{where}.calibration.{key}: {err}")
     return errors
 
 

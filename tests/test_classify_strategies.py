@@ -99,3 +99,32 @@ def test_probabilities_follow_the_prediction_and_the_temperature(dit, data):
         dit.calibration = None
     assert float(sharp.max(1).values.mean()) > float(p.max(1).values.mean())
     assert not math.isnan(float(sharp.sum()))
+
+
+def test_the_recommended_preset_comes_from_the_registry_with_its_temperature():
+    from dc_zoo import get_entry
+
+    entry = get_entry("dit-digits-mini")
+    assert entry.recommended and entry.calibration
+    clf = dc_zoo.create_model("dit-digits-mini", scoring="recommended")
+    rec = entry.recommended["scoring"]
+    assert clf.scoring.strategy == rec.get("strategy") and clf.scoring.prefilter == rec.get("prefilter")
+    assert clf.calibration.temperature == entry.calibration["recommended"]["temperature"]
+    default = dc_zoo.create_model("dit-digits-mini")
+    assert default.scoring.strategy is None and default.scoring.prefilter is None  # the paper's stays the default
+    assert default.calibration.temperature == entry.calibration["default"]["temperature"]
+    assert dc_zoo.create_model("dit-digits-mini", scoring={"seed": 1}).calibration is None  # another scoring
+    with pytest.raises(ValueError, match="no recommended scoring"):
+        dc_zoo.create_model("dit-glyphs-mini" if not get_entry("dit-glyphs-mini").recommended else "sd-relations-mini",
+                            scoring="recommended")
+    with pytest.raises(ValueError, match="Unknown scoring preset"):
+        dc_zoo.create_model("dit-digits-mini", scoring="cheapest")
+
+
+def test_dc_zoo_scoring_env_accepts_the_recommended_preset(monkeypatch):
+    from dc_zoo.clip_benchmark.registration import SCORING_ENV, _scoring_overrides
+
+    monkeypatch.setenv(SCORING_ENV, '"recommended"')
+    assert _scoring_overrides() == {"preset": "recommended"}
+    monkeypatch.setenv(SCORING_ENV, '{"strategy": {"name": "sequential"}, "max_evaluations": 300}')
+    assert _scoring_overrides()["max_evaluations"] == 300
