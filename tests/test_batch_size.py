@@ -117,7 +117,8 @@ def test_auto_batch_size_gives_the_same_predictions_and_is_searched_once(caplog)
         out = auto.classify(images, ["a", "b", "c"], sample_keys=range(3))
         again = auto.classify(images[:1], ["a", "b", "c"], sample_keys=range(1))
     (search,) = auto._batch_size_cache.values()
-    assert search.batch_size == 16 and search.stopped in ("out of memory", "plateau")
+    # 32 does not fit, so 16 at most; on a loaded machine the timing may already plateau at 8
+    assert search.batch_size in (8, 16) and search.stopped in ("out of memory", "plateau")
     assert caplog.text.count("batch_size='auto'") == 1
     assert torch.equal(out.predictions, expected.predictions)
     torch.testing.assert_close(out.candidate_errors, expected.candidate_errors, rtol=1e-5, atol=1e-6)
