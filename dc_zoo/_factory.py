@@ -321,13 +321,8 @@ def _scoring_for(entry: RegistryEntry, scoring: ScoringConfig | Mapping[str, Any
         if not entry.recommended:
             raise ValueError(f"{entry.name} has no recommended scoring in its registry entry; use its default "
                              "(the paper's schedule) or give a strategy, e.g. {'strategy': {'name': 'sequential'}}.")
-        base = dataclasses.replace(base, **_json_scoring(entry.recommended["scoring"]))
+        base = dataclasses.replace(base, **entry.recommended["scoring"])  # ScoringConfig takes JSON lists
     return dataclasses.replace(base, **overrides)
-
-
-def _json_scoring(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Registry JSON to ScoringConfig fields (lists to tuples for the stage fields)."""
-    return {k: tuple(v) if k in ("n_samples", "to_keep") else v for k, v in fields.items()}
 
 
 def _calibration_for(entry: RegistryEntry, scoring: Any):

@@ -124,9 +124,8 @@ def _semantic_errors(data: Mapping[str, Any], where: str) -> list[str]:
     if data.get("recommended"):
         from .config import ScoringConfig
 
-        fields = {k: tuple(v) if k in ("n_samples", "to_keep") else v for k, v in data["recommended"]["scoring"].items()}
         try:
-            ScoringConfig(**fields)
+            ScoringConfig(**data["recommended"]["scoring"])
         except (TypeError, ValueError) as err:
             errors.append(f"{where}.recommended.scoring: {err}")
     for key, fields in (data.get("calibration") or {}).items():

@@ -123,7 +123,6 @@ def _scoring(clf, fields: dict[str, Any], batch_size: int | str, seed: int) -> S
     import dataclasses
 
     base = dataclasses.replace(clf.scoring, strategy=None, prefilter=None, max_evaluations=None)
-    fields = {k: tuple(v) if k in ("n_samples", "to_keep") else v for k, v in fields.items()}
     return dataclasses.replace(base, **fields, batch_size=batch_size, seed=seed)
 
 
