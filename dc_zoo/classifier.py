@@ -63,17 +63,22 @@ class DiffusionClassifier:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pipeline(cls, pipe, **kwargs) -> "DiffusionClassifier":
-        """From a loaded diffusers pipeline (Stable Diffusion or DiT)."""
-        from .backends import DiTBackend, StableDiffusionBackend
+        """From a loaded diffusers pipeline (SD 1.x/2.x, SDXL, SD3/3.5 or DiT)."""
+        from .backends import DiTBackend, StableDiffusion3Backend, StableDiffusionBackend, StableDiffusionXLBackend
 
-        if hasattr(pipe, "unet") and hasattr(pipe, "text_encoder"):
+        if hasattr(pipe, "transformer") and hasattr(pipe, "text_encoder_2"):
+            backend = StableDiffusion3Backend.from_pipeline(pipe)
+        elif hasattr(pipe, "unet") and hasattr(pipe, "text_encoder_2"):
+            backend = StableDiffusionXLBackend.from_pipeline(pipe)
+        elif hasattr(pipe, "unet") and hasattr(pipe, "text_encoder"):
             backend = StableDiffusionBackend.from_pipeline(pipe)
         elif hasattr(pipe, "transformer") and getattr(pipe.transformer.config, "num_embeds_ada_norm", None):
             backend = DiTBackend.from_pipeline(pipe)
         else:
             raise ValueError(
-                f"No backend supports pipeline {type(pipe).__name__}; supported: StableDiffusionPipeline-"
-                "layout (unet, vae, text_encoder, tokenizer, scheduler) and DiTPipeline-layout models."
+                f"No backend supports pipeline {type(pipe).__name__}; supported: StableDiffusionPipeline-, "
+                "StableDiffusionXLPipeline-, StableDiffusion3Pipeline- and DiTPipeline-layout models (wrap any other "
+                "denoiser in dc_zoo.DenoiserBackend)."
             )
         return cls(backend, **kwargs)
 
@@ -155,7 +160,7 @@ class DiffusionClassifier:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,  # reduction order: last bits
             "torch": torch.__version__, "speed_levers": list(getattr(self.backend, "speed_levers", ())),
-            "preprocess": dataclasses.asdict(self.preprocess), "noise": NOISE_VERSION,
+            "preprocess": self.preprocess.identity(), "noise": NOISE_VERSION,
             "schedule": _schedule_digest(self.backend.schedule),
         }
         source = self.source
@@ -219,10 +224,12 @@ class DiffusionClassifier:
     def score_pixels(self, pixels: torch.Tensor, candidates: CandidateSet, sample_keys: Sequence[Hashable],
                      scoring: ScoringConfig | None = None, noise: torch.Tensor | None = None,
                      on_batch=None) -> EngineResult:
-        """Engine call on already preprocessed pixels (``[B, 3, S, S]`` in [-1, 1])."""
+        """Engine call on already preprocessed pixels (``[B, 3, S, S]`` in [-1, 1]); the backend gets them
+        in the model's channels and range (``PreprocessConfig.to_model_input``)."""
         scoring = scoring or self.scoring
         # Pinned pixels (dc_zoo.prefetch) copy asynchronously; the engine reads them on the same stream.
-        x0 = self.backend.encode_images(pixels.to(self.backend.device, non_blocking=pixels.is_pinned()))
+        model_pixels = self.preprocess.to_model_input(pixels.to(self.backend.device, non_blocking=pixels.is_pinned()))
+        x0 = self.backend.encode_images(model_pixels)
         conditions = self.encode_candidates(candidates)
         scoring = self.scoring_for(scoring, x0, conditions)
         mask = self.prefilter_mask(pixels, candidates, scoring.prefilter) if scoring.prefilter else None
@@ -241,7 +248,7 @@ class DiffusionClassifier:
 
     def classify_pixels(self, pixels: torch.Tensor, candidates: CandidateSet,
                         sample_keys: Sequence[Hashable] | None = None, scoring: ScoringConfig | None = None,
-                        keep_timestep_errors: bool = False) -> ClassificationOutput:
+                        keep_timestep_errors: bool = False, noise: torch.Tensor | None = None) -> ClassificationOutput:
         """Score preprocessed pixels in chunks of ``image_batch_size``; keys default to content hashes.
 
         The one scoring path behind ``classify``, the timm module, the clip_benchmark adapter
@@ -252,13 +259,15 @@ class DiffusionClassifier:
         """
         if sample_keys is not None and len(sample_keys) != pixels.shape[0]:
             raise ValueError(f"Got {len(sample_keys)} sample_keys for {pixels.shape[0]} images.")
+        _check_noise(noise, pixels.shape[0])
         check_finite_pixels(pixels, sample_keys)  # before any network call; content keys need finite pixels
         keys = list(sample_keys) if sample_keys is not None else [image_key(p) for p in pixels]
         outputs: list[ClassificationOutput] = []
         for lo in range(0, len(keys), self.image_batch_size):
             hi = lo + self.image_batch_size
             try:
-                result = self.score_pixels(pixels[lo:hi], candidates, keys[lo:hi], scoring)
+                result = self.score_pixels(pixels[lo:hi], candidates, keys[lo:hi], scoring,
+                                           noise=noise[lo:hi] if noise is not None else None)
             except NonFiniteScoreError as err:
                 err.completed = _concat(outputs) if outputs else None
                 raise
@@ -274,7 +283,8 @@ class DiffusionClassifier:
                  progress: bool = False,
                  return_timestep_errors: bool = False,
                  prefetch: int = 2,
-                 value_range: tuple[float, float] | None = None) -> ClassificationOutput:
+                 value_range: tuple[float, float] | None = None,
+                 noise: torch.Tensor | None = None) -> ClassificationOutput:
         """Classify images against class names / labels or explicit prompts.
 
         Args:
@@ -293,6 +303,10 @@ class DiffusionClassifier:
                 (``dc_zoo.prefetch``); 0 preprocesses on the calling thread.
             value_range: ``(low, high)`` of array / tensor pixels when not their dtype's default,
                 e.g. ``(-1, 1)`` for diffusers-style tensors or ``(0, 255)`` for floats in 0..255.
+            noise: the eps to use instead of the keyed noise, ``[N, n_timesteps, n_trials,
+                *latent_shape]`` for the plan of ``scoring`` (``ClassificationOutput.noise()`` of an
+                earlier result has this layout; ``backend.latent_shape`` is the last part). Scores
+                then depend on it, not on the seed; the error cache is not used.
 
         Returns:
             A ``ClassificationOutput``.
@@ -315,6 +329,7 @@ class DiffusionClassifier:
         if labels is not None and len(labels) != len(items):
             raise ValueError(f"Got {len(labels)} labels for {len(items)} images.")
         validate_images(items, value_range=value_range, names=sample_keys)
+        _check_noise(noise, len(items))
         outputs: list[ClassificationOutput] = []
         bar = None
         if progress:
@@ -337,7 +352,8 @@ class DiffusionClassifier:
                     n = pixels.shape[0]
                     keys = sample_keys[lo : lo + n] if sample_keys is not None else None
                     try:
-                        out = self.classify_pixels(pixels, candidates, keys, scoring, return_timestep_errors)
+                        out = self.classify_pixels(pixels, candidates, keys, scoring, return_timestep_errors,
+                                                   noise=noise[lo : lo + n] if noise is not None else None)
                     except ImageInputError as err:
                         raise err.at(lo + (err.index or 0)) from None
                     except NonFiniteScoreError as err:
@@ -380,6 +396,7 @@ class DiffusionClassifier:
             stage_positions=result.plan.stage_positions,
             timestep_errors=result.timestep_errors.cpu() if keep_timestep_errors else None,
             temperature=self.calibration.temperature if self.calibration is not None else None,
+            seed=result.seed, n_trials=result.n_trials, latent_shape=result.latent_shape,
             extras={"strategy": result.strategy,
                     "cached_evaluations": result.cached_evaluations.cpu() if result.cached_evaluations is not None
                     else torch.zeros_like(result.evaluations.cpu())},
@@ -445,6 +462,14 @@ def _parameters_digest(backend: Any) -> str:
     return digest.hexdigest()
 
 
+def _check_noise(noise: Any, n_images: int) -> None:
+    """Caller-supplied eps must have one row per image (the engine checks the rest of its shape)."""
+    if noise is not None and (not isinstance(noise, torch.Tensor) or noise.ndim < 3 or noise.shape[0] != n_images):
+        raise ValueError(f"noise must be a tensor [N, n_timesteps, n_trials, *latent_shape] with one row per image "
+                         f"({n_images}); got {tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}. "
+                         "ClassificationOutput.noise() gives it in that layout.")
+
+
 def _concat(outputs: list[ClassificationOutput]) -> ClassificationOutput:
     first = outputs[0]
     if len(outputs) == 1:
@@ -457,7 +482,7 @@ def _concat(outputs: list[ClassificationOutput]) -> ClassificationOutput:
         sample_keys=[k for o in outputs for k in o.sample_keys],
         timesteps=first.timesteps, stage_positions=first.stage_positions,
         timestep_errors=cat("timestep_errors") if first.timestep_errors is not None else None,
-        temperature=first.temperature,
+        temperature=first.temperature, seed=first.seed, n_trials=first.n_trials, latent_shape=first.latent_shape,
         extras={"strategy": first.extras.get("strategy"),
                 "cached_evaluations": torch.cat([o.extras["cached_evaluations"] for o in outputs])}
         if "cached_evaluations" in first.extras else {},

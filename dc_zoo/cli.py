@@ -4,6 +4,7 @@
     dc-zoo info NAME                      one model (zoo name, hf-hub:org/repo, folder): files, schedule, cost, cache
     dc-zoo classify --model NAME --classes cat dog IMAGE...
     dc-zoo curve --model NAME --dataset digits --out DIR   accuracy against evaluations per image
+    dc-zoo fit-weights --model NAME --dataset glyphs --out FILE   a timestep weight table (held-out images)
 
 Each subcommand lives in a module with ``add_subparser(subparsers)``, which adds its parser and
 sets ``func`` (called with the parsed args, returns the exit status); ``SUBCOMMAND_MODULES``
@@ -35,7 +36,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["main", "build_parser", "SUBCOMMAND_MODULES"]
 
 # Modules that add further subcommands through add_subparser(subparsers).
-SUBCOMMAND_MODULES: tuple[str, ...] = ("dc_zoo.evaluation.command", "dc_zoo.evaluation.curve_command")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("dc_zoo.evaluation.command", "dc_zoo.evaluation.curve_command",
+                                       "dc_zoo.evaluation.fit_weights_command")
 
 # Errors that are the user's input or environment, not a bug: one line on stderr, exit 2.
 USER_ERRORS = (ValueError, KeyError, OSError)
@@ -118,7 +120,8 @@ def add_list_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("list", help="list the zoo's models", description="List the zoo's models: family, "
                                    "input size, Hub location, cost per image and whether the weights are on this machine.")
     parser.add_argument("pattern", nargs="?", default="", help="wildcard on names, e.g. 'sd-*' or '*mini'")
-    parser.add_argument("--family", choices=("stable_diffusion", "dit", "open_clip"), default=None,
+    parser.add_argument("--family", choices=("stable_diffusion", "stable_diffusion_xl", "stable_diffusion_3", "dit",
+                                             "open_clip"), default=None,
                         help="only models of this family")
     parser.set_defaults(func=run_list)
     return parser

@@ -9,8 +9,10 @@ import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
 from .losses import LOSSES
-from .timestep_plan import validate_stages
+from .timestep_plan import validate_stages, validate_window
 
 __all__ = ["PreprocessConfig", "ScoringConfig", "INTERPOLATIONS", "CROPS", "parse_batch_size"]
 
@@ -27,6 +29,8 @@ class PreprocessConfig:
     crop: str = "center"  # "center" (torchvision) or "adm_center" (DiT / ADM's box-then-bicubic)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    channels: int = 3  # what the model takes: 3 (RGB) or 1 (grey: ITU-R 601 luma, as PIL's "L")
+    model_range: tuple[float, float] = (-1.0, 1.0)  # the model's pixel range, e.g. (0, 1) for a [0, 1] model
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -35,6 +39,45 @@ class PreprocessConfig:
             raise ValueError(f"crop {self.crop!r} unknown; choose one of {CROPS}.")
         if int(self.size) < 1:
             raise ValueError(f"size must be a positive integer, got {self.size!r}.")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels!r}.")
+        try:
+            low, high = (float(v) for v in self.model_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"model_range must be (low, high), e.g. (0, 1); got {self.model_range!r}.") from None
+        if not low < high:
+            raise ValueError(f"model_range must have low < high, got {self.model_range!r}.")
+        object.__setattr__(self, "model_range", (low, high))
+
+    @property
+    def is_default_model_input(self) -> bool:
+        """The classifier's pixels go to the model unchanged: RGB in [-1, 1]."""
+        return self.channels == 3 and self.model_range == (-1.0, 1.0)
+
+    def to_model_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The classifier's pixels ``[B, 3, S, S]`` (RGB, ``mean``/``std`` normalised: [-1, 1] by
+        default, as the prefilter and the content keys see them) in the model's channels and range."""
+        if self.is_default_model_input:
+            return pixels
+        mean = torch.tensor(self.mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+        unit = pixels * std + mean  # [0, 1] RGB
+        if self.channels == 1:
+            luma = torch.tensor((0.299, 0.587, 0.114), dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+            unit = (unit * luma).sum(dim=1, keepdim=True)
+        low, high = self.model_range
+        return low + (high - low) * unit
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that fix results (run identities, error-cache namespaces); the model-input
+        fields only when they differ from the default, so identities written before them still match."""
+        d = asdict(self)
+        if self.is_default_model_input:
+            d.pop("channels")
+            d.pop("model_range")
+        else:
+            d["model_range"] = list(self.model_range)
+        return d
 
 
 @dataclass(frozen=True)
@@ -53,6 +96,8 @@ class ScoringConfig:
     strategy: dict[str, Any] | None = None  # dc_zoo.strategies spec; None: the paper's stages
     max_evaluations: int | None = None  # per-image budget (anytime answer); None: none
     prefilter: dict[str, Any] | None = None  # {"model": open_clip name, "k": classes kept}; None: none
+    timestep_weights: dict[str, Any] | str | None = None  # "sine" or a fitted table; None: uniform (the paper)
+    timestep_range: tuple[float, float] | None = None  # (lo, hi) fractions of [0, T) the plan spreads over
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes kept in results
 
     def __post_init__(self) -> None:
@@ -76,12 +121,21 @@ class ScoringConfig:
             object.__setattr__(self, "max_evaluations", _positive_int("max_evaluations", self.max_evaluations))
         if self.prefilter is not None:
             _check_prefilter(self.prefilter)
+        if self.timestep_weights is not None:
+            from .strategies.weighting import build_weighting
+
+            weighting = build_weighting(self.timestep_weights)  # validates, naming the bad option
+            object.__setattr__(self, "timestep_weights", None if weighting.is_uniform else weighting.to_dict())
+        if self.timestep_range is not None:
+            object.__setattr__(self, "timestep_range", validate_window(self.timestep_range))
         if not isinstance(self.extra, dict):
             raise ValueError(f"extra must be a dict of notes, got {type(self.extra).__name__}.")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["n_samples"], d["to_keep"] = list(self.n_samples), list(self.to_keep)
+        if self.timestep_range is not None:
+            d["timestep_range"] = list(self.timestep_range)
         return d
 
 

@@ -1,7 +1,8 @@
 """The Diffusion Classifier engine: adaptive stages over shared (t, eps) pairs.
 
 For every image, every surviving candidate is scored at the stage's new timesteps with the
-same noise, its score is the mean error over all timesteps evaluated so far, and after stage k
+same noise, its score is the mean error over all timesteps evaluated so far (weighted, when the
+config names a timestep weighting), and after stage k
 only the ``to_keep[k]`` lowest-error candidates go on (Li et al., arXiv 2303.16203, Alg. 2).
 Which candidates survive a round is a strategy's decision (``dc_zoo.strategies``; the paper's
 stages by default), so the engine only evaluates what is alive, and an optional error cache
@@ -26,9 +27,10 @@ from torch.utils._pytree import tree_map
 from .config import ScoringConfig
 from .losses import per_sample_error
 from .noise import sample_noise
-from .noise_schedules import NoiseSchedule
+from .noise_schedules import NoiseSchedule, estimate_in_target_space
 from .strategies import RoundState, ScoringStrategy, apply_budget, build_strategy, masked_argmin
 from .strategies.base import mean_errors as _mean_errors
+from .strategies.weighting import build_weighting
 from .timestep_plan import TimestepPlan, validate_stages
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,8 @@ class EngineResult:
 
     Attributes:
         candidate_errors: ``[N, C]`` float32 mean error of each candidate over the
-            (timestep, trial) pairs it was evaluated on (lower is better).
+            (timestep, trial) pairs it was evaluated on (lower is better; weighted by the
+            config's ``timestep_weights``).
         stage_reached: ``[N, C]`` index of the last stage that evaluated each candidate.
         prediction: ``[N]`` index of the single surviving candidate.
         evaluations: ``[N]`` network evaluations spent per image.
@@ -63,6 +66,7 @@ class EngineResult:
         sample_keys: the identity that each image's noise was drawn for.
         cached_evaluations: ``[N]`` of ``evaluations`` that the error cache answered (no network call).
         strategy: the JSON spec of the strategy that chose the pairs.
+        seed, n_trials, latent_shape: with ``sample_keys`` and ``plan``, what fixes every eps.
     """
 
     candidate_errors: torch.Tensor
@@ -74,6 +78,9 @@ class EngineResult:
     sample_keys: list[Hashable] = field(default_factory=list)
     cached_evaluations: torch.Tensor | None = None
     strategy: dict = field(default_factory=dict)
+    seed: int | None = None
+    n_trials: int = 1
+    latent_shape: tuple[int, ...] | None = None
 
 
 def num_conditions(conditions: Any) -> int:
@@ -130,11 +137,11 @@ def _evaluate_items(denoise, schedule, x0, noise, conditions, plan_t, img, cand,
             eps = noise[i, p, r]
             clean = x0[i]
             x_t = schedule.add_noise(clean, eps, t)
-            if model_dtype is not None:
-                x_t = x_t.to(model_dtype)
-            x_t = x_t.contiguous()  # one memory layout for every batch: a compiled network is not re-traced
-            prediction = denoise(x_t, schedule.model_timestep(t), select_conditions(conditions, cand[index]))
-            batch_errors = per_sample_error(prediction, schedule.target(clean, eps, t), loss)
+            model_input = x_t.to(model_dtype) if model_dtype is not None else x_t
+            model_input = model_input.contiguous()  # one memory layout for every batch: a compiled network is not re-traced
+            prediction = denoise(model_input, schedule.model_timestep(t), select_conditions(conditions, cand[index]))
+            estimate = estimate_in_target_space(schedule, prediction, x_t, t)  # the prediction in the error's space
+            batch_errors = per_sample_error(estimate, schedule.target(clean, eps, t), loss)
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not is_out_of_memory(err) or B == 1:
                 raise
@@ -215,7 +222,7 @@ def score_candidates(
     T = schedule.num_train_timesteps
     validate_stages(config.n_samples, config.to_keep, T)
     strategy = strategy or build_strategy(config.strategy, config.to_keep)
-    plan = plan or strategy.timestep_plan(config.n_samples, T)
+    plan = plan or strategy.timestep_plan(config.n_samples, T, window=config.timestep_range)
     if strategy.name == "stages" and len(plan.stage_positions) != len(config.to_keep):
         raise ValueError(
             f"The plan has {len(plan.stage_positions)} stages but to_keep has {len(config.to_keep)}."
@@ -244,6 +251,8 @@ def score_candidates(
     noise = noise.to(device=device, dtype=torch.float32)
     x0 = x0.to(torch.float32)
     plan_t = plan.as_tensor(device)
+    weighting = build_weighting(config.timestep_weights)
+    weights = None if weighting.is_uniform else weighting.weights(plan.timesteps, T).to(device)
 
     alive = torch.ones((N, C), dtype=torch.bool, device=device)
     if candidate_mask is not None:
@@ -264,7 +273,7 @@ def score_candidates(
 
     def result(prediction: torch.Tensor) -> EngineResult:
         return EngineResult(
-            candidate_errors=_mean_errors(timestep_errors),
+            candidate_errors=_mean_errors(timestep_errors, weights),
             stage_reached=stage_reached,
             prediction=prediction,
             evaluations=evaluations.cpu(),
@@ -273,6 +282,9 @@ def score_candidates(
             sample_keys=list(sample_keys),
             cached_evaluations=cached_evaluations,
             strategy=strategy.to_dict(),
+            seed=int(config.seed),
+            n_trials=R,
+            latent_shape=tuple(int(v) for v in x0.shape[1:]),
         )
 
     for stage, positions in enumerate(plan.stage_positions):
@@ -313,14 +325,15 @@ def score_candidates(
                 )
         state = RoundState(round=stage, timestep_errors=timestep_errors, alive=alive,
                            active=active, evaluations=evaluations, plan=plan,
-                           max_evaluations=config.max_evaluations, n_trials=R, n_candidates=n_candidates)
+                           max_evaluations=config.max_evaluations, n_trials=R, n_candidates=n_candidates,
+                           weights=weights)
         decision = apply_budget(state, strategy.decide(state))
         alive, active = decision.alive, decision.active
         logger.debug("round %d: %d timesteps x %d (image, candidate) pairs", stage, P, M)
         if not bool(active.any()):
             break
 
-    return result(masked_argmin(_mean_errors(timestep_errors), alive))
+    return result(masked_argmin(_mean_errors(timestep_errors, weights), alive))
 
 
 class _CacheView:

@@ -28,6 +28,9 @@ class ClassificationOutput:
         timestep_errors: ``[N, C, n_timesteps, n_trials]`` per-pair errors (NaN = not run).
         temperature: the calibration temperature of ``probabilities`` (None: 1, uncalibrated).
         extras: the strategy spec and ``cached_evaluations [N]`` (answered by the error cache).
+        seed: the noise seed; with ``sample_keys``, ``timesteps`` and ``n_trials`` it fixes every eps.
+        n_trials: eps draws per timestep.
+        latent_shape: the shape of one image's x0 (and eps) in the space the model denoises.
     """
 
     predictions: torch.Tensor
@@ -43,6 +46,21 @@ class ClassificationOutput:
     timestep_errors: torch.Tensor | None = None
     temperature: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    n_trials: int = 1
+    latent_shape: tuple[int, ...] | None = None
+
+    def noise(self) -> torch.Tensor:
+        """The eps this result was scored with, ``[N, n_timesteps, n_trials, *latent_shape]`` (float32,
+        CPU): pass it as ``classify(..., noise=...)`` or to another implementation, with ``timesteps``,
+        to score the same (t, eps) pairs (``dc_zoo.noise.sample_noise`` draws it again from the keys)."""
+        from .noise import sample_noise
+
+        if self.seed is None or self.latent_shape is None:
+            raise ValueError("This output does not record its seed and latent shape (it was built by hand); "
+                             "classify() outputs do.")
+        return torch.stack([sample_noise(self.seed, key, self.timesteps, self.n_trials, self.latent_shape)
+                            for key in self.sample_keys])
 
     @property
     def probabilities(self) -> torch.Tensor:

@@ -5,6 +5,11 @@ size, the plan is ``range(T // max_n // 2, T, T // max_n)[:max_n]``; a stage of 
 takes every ``len // n``-th entry starting at ``len // n // 2`` and drops those that an earlier
 stage already evaluated. Stage sets do not nest, which is why the paper's schedules spend
 more evaluations than the nominal ``n`` (e.g. 2750 for CIFAR-10's 50/500 over 10 classes).
+
+A ``window`` (fractions ``(lo, hi)`` of ``[0, T)``, ``ScoringConfig.timestep_range``) spreads
+the same plan over ``[round(lo T), round(hi T))`` instead: the timesteps a model's
+information lies in (``dc-zoo curve``'s ``timesteps.png``), or the range a flow model was
+trained on. Without one, the plan is exactly the paper's.
 """
 from __future__ import annotations
 
@@ -13,7 +18,20 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["TimestepPlan", "validate_stages"]
+__all__ = ["TimestepPlan", "validate_stages", "validate_window"]
+
+
+def validate_window(window) -> tuple[float, float]:
+    """``(lo, hi)`` with ``0 <= lo < hi <= 1`` (fractions of the model's timestep range), or ``ValueError``."""
+    try:
+        lo, hi = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"timestep_range must be two fractions (lo, hi) of [0, 1], e.g. (0.05, 0.95); "
+                         f"got {window!r}.") from None
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"timestep_range must satisfy 0 <= lo < hi <= 1 (fractions of the model's timesteps); "
+                         f"got ({lo}, {hi}).")
+    return lo, hi
 
 
 def validate_stages(n_samples: Sequence[int], to_keep: Sequence[int], num_train_timesteps: int | None) -> None:
@@ -62,14 +80,22 @@ class TimestepPlan:
     stage_positions: tuple[tuple[int, ...], ...]
 
     @classmethod
-    def from_stages(cls, n_samples: Sequence[int], num_train_timesteps: int) -> "TimestepPlan":
-        """Build the reference plan for stage sizes ``n_samples`` and ``T = num_train_timesteps``."""
+    def from_stages(cls, n_samples: Sequence[int], num_train_timesteps: int,
+                    window: tuple[float, float] | None = None) -> "TimestepPlan":
+        """Build the reference plan for stage sizes ``n_samples`` and ``T = num_train_timesteps``
+        (over ``window``, fractions of ``[0, T)``, when given)."""
         T = int(num_train_timesteps)
+        low, width = 0, T
+        if window is not None:
+            lo, hi = validate_window(window)
+            low = int(round(lo * T))
+            width = int(round(hi * T)) - low
         max_n = max(n_samples)
-        if max_n > T:
-            raise ValueError(f"n_samples asks for {max_n} timesteps; the model has only {T}.")
-        start = T // max_n // 2
-        all_t = list(range(start, T, T // max_n))[:max_n]
+        if max_n > width:
+            where = f"the window {tuple(window)} holds only {width}" if window is not None else f"the model has only {T}"
+            raise ValueError(f"n_samples asks for {max_n} timesteps; {where}.")
+        start = width // max_n // 2
+        all_t = [low + t for t in range(start, width, width // max_n)][:max_n]
         evaluated: set[int] = set()
         stages = []
         for k, n in enumerate(n_samples):

@@ -12,7 +12,8 @@ SEQUENTIAL = json.dumps({"name": "sequential", "alpha": 0.05, "chunk": 5, "max_t
 def test_strategy_prefilter_budget_and_cache_through_dc_zoo_eval(digits_root, tmp_path):
     cache = tmp_path / "errors.sqlite"
     extra = ["--strategy", SEQUENTIAL, "--prefilter", "clip-digits-mini:3", "--max-evaluations", "120",
-             "--n-samples", "50", "--to-keep", "1", "--error-cache", str(cache)]
+             "--n-samples", "50", "--to-keep", "1", "--error-cache", str(cache), "--timestep-weights", "sine",
+             "--timestep-range", "0.02", "0.98"]
     first = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "a", *extra))
     assert first.returncode == 0, first.stderr
     results, samples = read_results(tmp_path / "a")
@@ -21,6 +22,7 @@ def test_strategy_prefilter_budget_and_cache_through_dc_zoo_eval(digits_root, tm
     identity = header["identity"]
     assert identity["strategy"]["name"] == "sequential" and identity["prefilter"] == {"model": "clip-digits-mini", "k": 3}
     assert identity["max_evaluations"] == 120 and identity["store_format"] == 4
+    assert identity["timestep_weights"] == {"name": "sine"} and identity["timestep_range"] == [0.02, 0.98]
     assert all(s["evaluations"] <= 120 for s in samples)
     assert all(sum(stage >= 0 for stage in s["stage_reached"]) <= 3 for s in samples)  # only CLIP's top-3 scored
     assert results["metrics"]["acc1"] >= 0.75
@@ -50,3 +52,5 @@ def test_bad_strategy_and_prefilter_options_are_one_line_errors(digits_root, tmp
     assert bad.returncode == 2 and "Unknown strategy 'bandit'" in bad.stderr and "Traceback" not in bad.stderr
     bad = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "c", "--prefilter", "clip-digits-mini"))
     assert bad.returncode == 2 and "MODEL:K" in bad.stderr
+    bad = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "c", "--timestep-weights", "cosine"))
+    assert bad.returncode == 2 and "Unknown timestep weighting 'cosine'" in bad.stderr and "Traceback" not in bad.stderr

@@ -47,7 +47,21 @@ class DiffusionBackend(nn.Module, metaclass=ABCMeta):
 
     @abstractmethod
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` in ``[-1, 1]`` -> the clean sample x0 the model denoises."""
+        """``[B, C, H, W]`` in the preprocess config's channels and range (RGB in ``[-1, 1]`` by
+        default) -> the clean sample x0 the model denoises."""
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """The shape of one image's x0 (and so of its eps), e.g. ``(4, 64, 64)`` for SD at 512 px:
+        measured once by encoding a blank image of the preprocess size."""
+        cached = self.__dict__.get("_latent_shape")
+        if cached is None:
+            size = int(self.preprocess.size)
+            channels = int(getattr(self.preprocess, "channels", 3))
+            with torch.inference_mode():
+                x0 = self.encode_images(torch.zeros(1, channels, size, size, device=self.device))
+            cached = self.__dict__["_latent_shape"] = tuple(int(v) for v in x0.shape[1:])
+        return cached
 
     @abstractmethod
     def encode_conditions(self, conditions: Sequence[Any]) -> Any:

@@ -240,7 +240,9 @@ class DiffusionClassifierForClipBenchmark(nn.Module):
                             f"loss={s.loss} n_trials={s.n_trials}"
                             + (f" strategy={json.dumps(s.strategy, sort_keys=True)}" if s.strategy else "")
                             + (f" prefilter={s.prefilter['model']}:{s.prefilter['k']}" if s.prefilter else "")
-                            + (f" max_evaluations={s.max_evaluations}" if s.max_evaluations else "")),
+                            + (f" max_evaluations={s.max_evaluations}" if s.max_evaluations else "")
+                            + (f" timestep_weights={s.timestep_weights['name']}" if s.timestep_weights else "")
+                            + (f" timestep_range={list(s.timestep_range)}" if s.timestep_range else "")),
             "dc_seed": s.seed,
             "dc_candidates": len(self.candidates) if self.candidates is not None else None,
             "dc_caption_score": self.caption_score if self.task in PAIR_TASKS else None,

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .._hub import ZooHubError
@@ -102,6 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     how.add_argument("--prefilter", type=_prefilter_spec, default=None, metavar="MODEL:K",
                      help="keep an open_clip model's top-K classes before any diffusion evaluation, "
                           "e.g. clip-digits-mini:3 or ViT-B-32/openai:20")
+    how.add_argument("--timestep-weights", "--timestep_weights", dest="timestep_weights", type=weights_spec,
+                     default=None, metavar="NAME|FILE|JSON",
+                     help="how timesteps count in a score: 'uniform' (the paper's, default), 'sine', or a table "
+                          "(the JSON file `dc-zoo fit-weights` writes)")
+    how.add_argument("--timestep-range", "--timestep_range", dest="timestep_range", type=float, nargs=2,
+                     default=None, metavar=("LO", "HI"),
+                     help="spread the plan over this part of [0, T), as fractions (e.g. 0.05 0.9); default all")
     how.add_argument("--recommended", action="store_true",
                      help="start from the entry's measured cheaper scoring (its registry 'recommended'; "
                           "other schedule options override it) instead of the paper's schedule")
@@ -150,6 +158,30 @@ def _json_or_name(text: str) -> dict:
     return value
 
 
+def weights_spec(text: str) -> str | dict:
+    """``--timestep-weights``: ``uniform`` / ``sine``, a JSON object, or the path of a JSON file holding one."""
+    text = text.strip()
+    if text.startswith("{"):
+        source = "--timestep-weights"
+    elif text.endswith(".json") or os.path.sep in text:
+        try:
+            source, text = text, Path(text).read_text()
+        except OSError as err:
+            raise argparse.ArgumentTypeError(f"--timestep-weights: cannot read {text!r} ({err.strerror}); give "
+                                             "'uniform', 'sine', a JSON table or the file `dc-zoo fit-weights` wrote")
+    else:
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{source} is not valid JSON ({err.msg} at line {err.lineno})")
+    if isinstance(value, dict) and isinstance(value.get("timestep_weights"), dict):
+        value = value["timestep_weights"]  # the fit-weights file: the table plus how it was fitted
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{source} must hold a JSON object (a weight table)")
+    return value
+
+
 def _prefilter_spec(text: str) -> dict:
     """``--prefilter MODEL:K`` (the model may contain ':' as in hf-hub:org/repo; K is after the last one)."""
     model, sep, k = text.rpartition(":")
@@ -176,7 +208,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         to_keep=tuple(args.to_keep) if args.to_keep else None, loss=args.loss, seed=args.seed,
         n_trials=args.n_trials, batch_size=args.batch_size, image_batch_size=args.image_batch_size,
         strategy=args.strategy, max_evaluations=args.max_evaluations, prefilter=args.prefilter,
-        error_cache=args.error_cache, recommended=args.recommended,
+        timestep_weights=args.timestep_weights,
+        timestep_range=tuple(args.timestep_range) if args.timestep_range else None, error_cache=args.error_cache, recommended=args.recommended,
         templates=args.templates, dtype=args.dtype, device=args.device, limit=args.limit, download=args.download,
         language=args.language, channels_last=args.channels_last, compile=args.compile, tf32=args.tf32,
         compile_mode=args.compile_mode, attention=args.attention, prefetch=args.prefetch,

@@ -48,15 +48,26 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _lab_split(dataset: str, split: str, limit: int | None):
+def lab_split(dataset: str, split: str, limit: int | None, offset: int = 0):
+    """The lab ``dataset``'s ``split``; with ``limit``, an even spread of that many images (every class
+    appears), shifted by ``offset`` positions (``offset=1`` with half the split: the other half)."""
     lab = importlib.import_module(f"dc_zoo.{dataset}")
     images, labels = getattr(lab, f"load_{dataset}_split")(split)
     if limit is not None and limit < len(images):
         # the splits are class-interleaved or class-blocked: take an even spread so every class appears
         step = len(images) / limit
-        index = [int(i * step) for i in range(limit)]
+        index = [min(int(i * step) + offset, len(images) - 1) for i in range(limit)]
         images, labels = [images[i] for i in index], [labels[i] for i in index]
     return lab, images, labels
+
+
+def lab_classes(clf, lab) -> list:
+    """The lab's candidates for ``clf``: class indices for a class-conditional model, else the class
+    names (with the lab's prompt template set on ``clf``)."""
+    if clf.backend.conditioning == "class_label":
+        return list(range(len(lab.CLASS_NAMES)))
+    clf.templates = (lab.TEMPLATE,)
+    return list(lab.CLASS_NAMES)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -66,10 +77,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be a positive number of images, got {args.limit}.")
     clf = create_model(args.model)
-    lab, images, labels = _lab_split(args.dataset, args.split, args.limit)
-    classes = list(lab.CLASS_NAMES) if clf.backend.conditioning != "class_label" else list(range(len(lab.CLASS_NAMES)))
-    if clf.backend.conditioning != "class_label":
-        clf.templates = (lab.TEMPLATE,)
+    lab, images, labels = lab_split(args.dataset, args.split, args.limit)
+    classes = lab_classes(clf, lab)
     specs = default_specs(len(classes), args.prefilter, args.size)
     args.out.mkdir(parents=True, exist_ok=True)
     result = run_curve(clf, images, labels, classes, specs, model=args.model, dataset=f"{args.dataset}/{args.split}",

@@ -24,11 +24,12 @@ from typing import Any, Sequence
 import torch
 
 from ..config import ScoringConfig
+from ..strategies.weighting import fit_weight_table
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CurveSpec", "CurvePoint", "CurveResult", "default_specs", "run_curve", "timestep_information",
-           "write_curve", "plot_curve"]
+__all__ = ["CurveSpec", "CurvePoint", "CurveResult", "CROSS_FITTED", "default_specs", "run_curve", "pool_errors",
+           "timestep_information", "weight_bins", "write_curve", "plot_curve"]
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,12 @@ class CurveResult:
     reference: str
     points: list[CurvePoint] = field(default_factory=list)
     timesteps: dict[str, Any] = field(default_factory=dict)
+    timestep_weights: dict[str, Any] | None = None  # a table fitted on all the curve's images (information run)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "dataset": self.dataset, "images": self.images, "classes": self.classes,
-                "reference": self.reference, "points": [asdict(p) for p in self.points], "timesteps": self.timesteps}
+                "reference": self.reference, "points": [asdict(p) for p in self.points], "timesteps": self.timesteps,
+                "timestep_weights": self.timestep_weights}
 
 
 def _stages(n_samples: Sequence[int], to_keep: Sequence[int]) -> dict[str, Any]:
@@ -83,6 +86,8 @@ def default_specs(num_classes: int, prefilter_model: str | None = None, size: st
     if size == "tiny":
         specs.append(CurveSpec("8/32 keep 2/1", "paper", _stages((8, 32), (min(2, K), 1))))
         specs.append(CurveSpec("8 keep 1", "paper", _stages((8,), (1,))))
+        specs.append(CurveSpec("8/32 keep 2/1 + fitted weights", "strategy",
+                               {**_stages((8, 32), (min(2, K), 1)), "timestep_weights": CROSS_FITTED}))
         specs.append(CurveSpec("sequential a=0.05 chunk 4", "strategy",
                                {**_stages((32,), (1,)), "strategy": {"name": "sequential", "alpha": 0.05, "chunk": 4,
                                                                     "min_timesteps": 8}}))
@@ -105,16 +110,29 @@ def default_specs(num_classes: int, prefilter_model: str | None = None, size: st
                   CurveSpec("5 keep 1", "paper", _stages((5,), (1,)))]
         pool = 500
     seq = {"name": "sequential", "alpha": 0.05, "chunk": 10, "min_timesteps": 10, "max_timesteps": pool}
+    fitted = {"timestep_weights": CROSS_FITTED}
+    reference = specs[0].scoring
     specs += [CurveSpec("sequential a=0.05 chunk 10", "strategy", {**_stages((pool,), (1,)), "strategy": seq}),
               CurveSpec("sequential a=0.2 chunk 5", "strategy",
-                        {**_stages((pool,), (1,)), "strategy": {**seq, "alpha": 0.2, "chunk": 5}})]
+                        {**_stages((pool,), (1,)), "strategy": {**seq, "alpha": 0.2, "chunk": 5}}),
+              CurveSpec(f"{specs[0].name.replace(' (paper)', '')} + sine weights", "strategy",
+                        {**reference, "timestep_weights": "sine"}),
+              CurveSpec(f"{specs[0].name.replace(' (paper)', '')} + fitted weights", "strategy",
+                        {**reference, **fitted}),
+              CurveSpec("sequential a=0.2 chunk 5 + fitted weights", "strategy",
+                        {**_stages((pool,), (1,)), "strategy": {**seq, "alpha": 0.2, "chunk": 5}, **fitted})]
     if prefilter_model:
         k = 3 if K <= 20 else 10
         pre = {"model": prefilter_model, "k": k}
+        short = {**seq, "alpha": 0.2, "chunk": 5, "max_timesteps": 100}
         specs += [CurveSpec(f"prefilter top-{k} + sequential a=0.05", "strategy",
                             {**_stages((pool,), (1,)), "strategy": seq, "prefilter": pre}),
                   CurveSpec(f"prefilter top-{k} + sequential a=0.2 chunk 5", "strategy",
-                            {**_stages((pool,), (1,)), "strategy": {**seq, "alpha": 0.2, "chunk": 5}, "prefilter": pre})]
+                            {**_stages((pool,), (1,)), "strategy": {**seq, "alpha": 0.2, "chunk": 5}, "prefilter": pre}),
+                  CurveSpec(f"prefilter top-{k} + sequential a=0.2 chunk 5 max 100", "strategy",
+                            {**_stages((100,), (1,)), "strategy": short, "prefilter": pre}),
+                  CurveSpec(f"prefilter top-{k} + sequential a=0.2 chunk 5 max 100 + fitted weights", "strategy",
+                            {**_stages((100,), (1,)), "strategy": short, "prefilter": pre, **fitted})]
     return specs
 
 
@@ -126,20 +144,41 @@ def _scoring(clf, fields: dict[str, Any], batch_size: int | str, seed: int) -> S
     return dataclasses.replace(base, **fields, batch_size=batch_size, seed=seed)
 
 
+CROSS_FITTED = "cross-fitted"  # a spec's timestep_weights: a table fitted on the other half of the images
+
+
 def run_curve(clf, images: Sequence[Any], labels: Sequence[int], classes: Sequence[Any], specs: Sequence[CurveSpec],
               *, model: str, dataset: str, cache_path: str | Path, batch_size: int | str = 256, seed: int = 0,
               progress: bool = True, information_pool: int | None = 100) -> CurveResult:
-    """Run every spec on the same images through ``clf.classify`` with one error cache."""
+    """Run every spec on the same images through ``clf.classify`` with one error cache.
+
+    A spec whose ``timestep_weights`` is ``"cross-fitted"`` is run twice, on each half of the images
+    (even and odd positions) with a weight table fitted on the other half's all-classes errors at
+    the ``information_pool`` timesteps (``fit_weight_table``): held-out weights for every image,
+    fitted from evaluations the information run makes anyway.
+    """
     labels_t = torch.as_tensor(list(labels))
     result = CurveResult(model=model, dataset=dataset, images=len(images), classes=len(classes),
                          reference=specs[0].name)
     clf.use_error_cache(cache_path)
     reference_predictions = None
+    pool_out = None
+    needs_fit = any(spec.scoring.get("timestep_weights") == CROSS_FITTED for spec in specs)
+    if needs_fit and not information_pool:
+        raise ValueError("Cross-fitted timestep weights are fitted on the information run: give --information-pool "
+                         "a number of timesteps (e.g. 20), or drop the weighted points.")
     try:
+        if information_pool and needs_fit:
+            pool_out = pool_errors(clf, images, classes, information_pool, batch_size=batch_size, seed=seed,
+                                   progress=progress)
         for spec in specs:
-            scoring = _scoring(clf, spec.scoring, batch_size, seed)
+            fields = {k: v for k, v in spec.scoring.items() if not (k == "timestep_weights" and v == CROSS_FITTED)}
+            scoring = _scoring(clf, fields, batch_size, seed)
             start = time.perf_counter()
-            out = clf.classify(images, classes, scoring=scoring, labels=list(labels), progress=progress)
+            if spec.scoring.get("timestep_weights") == CROSS_FITTED:
+                out = _cross_fitted_run(clf, images, labels_t, classes, scoring, pool_out, progress)
+            else:
+                out = clf.classify(images, classes, scoring=scoring, labels=list(labels), progress=progress)
             seconds = time.perf_counter() - start
             correct = int((out.predictions == labels_t).sum())
             cached = out.extras.get("cached_evaluations", torch.zeros_like(out.evaluations))
@@ -155,11 +194,58 @@ def run_curve(clf, images: Sequence[Any], labels: Sequence[int], classes: Sequen
             logger.info("%s: accuracy %.4f at %.0f evaluations/image (%d computed, %.1fs)", spec.name,
                         point.accuracy, point.evaluations_per_image, point.computed_evaluations, seconds)
         if information_pool:
-            result.timesteps = timestep_information(clf, images, labels, classes, information_pool,
-                                                    batch_size=batch_size, seed=seed, progress=progress)
+            if pool_out is None:
+                pool_out = pool_errors(clf, images, classes, information_pool, batch_size=batch_size, seed=seed,
+                                       progress=progress)
+            result.timesteps = timestep_information(pool_out, labels)
+            T = clf.backend.schedule.num_train_timesteps
+            result.timestep_weights = fit_weight_table(
+                pool_out.timestep_errors, labels_t.tolist(), pool_out.timesteps, T, bins=weight_bins(information_pool),
+                source=f"{model} on {dataset}: {len(images)} images, all classes at {information_pool} timesteps",
+            ).to_dict()
     finally:
         clf.use_error_cache(None)
     return result
+
+
+def weight_bins(pool: int) -> int:
+    """Bins of a fitted table: 10, or fewer for a small pool (at least 2 timesteps per bin)."""
+    return max(1, min(10, int(pool) // 2))
+
+
+def pool_errors(clf, images, classes, pool: int, *, batch_size: int | str = 256, seed: int = 0, progress: bool = False):
+    """Every class scored at every timestep of a ``pool``-timestep plan (one stage, keep 1), per-pair errors kept."""
+    scoring = _scoring(clf, {"n_samples": (pool,), "to_keep": (1,)}, batch_size, seed)
+    return clf.classify(images, classes, scoring=scoring, return_timestep_errors=True, progress=progress)
+
+
+def _cross_fitted_run(clf, images, labels: torch.Tensor, classes, scoring: ScoringConfig, pool_out, progress: bool):
+    """``scoring`` on each half of the images with weights fitted on the other half; the halves' outputs merged."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    N = len(images)
+    T = clf.backend.schedule.num_train_timesteps
+    folds = [list(range(0, N, 2)), list(range(1, N, 2))]
+    parts = []
+    for fit_on, apply_to in (folds, folds[::-1]):
+        table = fit_weight_table(pool_out.timestep_errors[fit_on], labels[fit_on].tolist(), pool_out.timesteps, T,
+                                 bins=weight_bins(len(pool_out.timesteps)))
+        fold_scoring = dataclasses.replace(scoring, timestep_weights=table.to_dict())
+        out = clf.classify([images[i] for i in apply_to], classes, scoring=fold_scoring,
+                           labels=labels[apply_to].tolist(), progress=progress)
+        parts.append((apply_to, out))
+    merged = {}
+    for name in ("predictions", "evaluations", "errors", "logits"):
+        first = getattr(parts[0][1], name)
+        value = torch.empty((N, *first.shape[1:]), dtype=first.dtype)
+        for index, out in parts:
+            value[index] = getattr(out, name)
+        merged[name] = value
+    cached = torch.zeros(N, dtype=torch.long)
+    for index, out in parts:
+        cached[index] = out.extras.get("cached_evaluations", torch.zeros_like(out.evaluations)).long()
+    return SimpleNamespace(**merged, extras={"cached_evaluations": cached})
 
 
 def cross_fitted_calibration(errors: torch.Tensor, ranking: torch.Tensor, labels: torch.Tensor) -> dict[str, Any] | None:
@@ -184,13 +270,10 @@ def cross_fitted_calibration(errors: torch.Tensor, ranking: torch.Tensor, labels
             "nll_before": negative_log_likelihood(before, labels), "nll_after": negative_log_likelihood(after, labels)}
 
 
-def timestep_information(clf, images, labels, classes, pool: int, *, batch_size: int | str = 256, seed: int = 0,
-                         progress: bool = False) -> dict[str, Any]:
-    """Per timestep of a ``pool``-timestep plan: the mean margin (best other class's error minus
-    the true class's) and the accuracy of that timestep alone, every class scored everywhere."""
-    scoring = _scoring(clf, {"n_samples": (pool,), "to_keep": (1,)}, batch_size, seed)
-    out = clf.classify(images, classes, scoring=scoring, return_timestep_errors=True, progress=progress)
-    errors = out.timestep_errors.mean(dim=3).double()  # [N, C, T] (candidates = classes here)
+def timestep_information(pool_out, labels) -> dict[str, Any]:
+    """Per timestep of an all-classes run (``pool_errors``): the mean margin (best other class's error
+    minus the true class's) and the accuracy of that timestep alone."""
+    errors = pool_out.timestep_errors.mean(dim=3).double()  # [N, C, T] (candidates = classes here)
     labels_t = torch.as_tensor(list(labels))
     rows = torch.arange(errors.shape[0])
     true = errors[rows, labels_t]  # [N, T]
@@ -198,7 +281,7 @@ def timestep_information(clf, images, labels, classes, pool: int, *, batch_size:
     others[rows, labels_t] = float("inf")
     margin = others.min(dim=1).values - true  # [N, T]
     alone = (errors.argmin(dim=1) == labels_t.view(-1, 1)).double()  # [N, T]
-    return {"timesteps": list(out.timesteps), "mean_margin": margin.mean(0).tolist(),
+    return {"timesteps": list(pool_out.timesteps), "mean_margin": margin.mean(0).tolist(),
             "relative_margin": (margin / true.clamp_min(1e-12)).mean(0).tolist(),
             "accuracy_alone": alone.mean(0).tolist()}
 
@@ -209,6 +292,9 @@ def write_curve(result: CurveResult, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "curve.json", "csv": out / "curve.csv"}
     paths["json"].write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if result.timestep_weights:  # usable as is: --timestep-weights OUT/timestep_weights.json
+        paths["weights"] = out / "timestep_weights.json"
+        paths["weights"].write_text(json.dumps({"timestep_weights": result.timestep_weights}, indent=2) + "\n")
     with paths["csv"].open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "kind", "accuracy", "correct", "images", "evaluations_per_image",

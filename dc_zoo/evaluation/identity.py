@@ -61,6 +61,8 @@ class RunIdentity:
     strategy: dict | None = None  # dc_zoo.strategies spec (None: the paper's stages)
     max_evaluations: int | None = None  # per-image budget
     prefilter: dict | None = None  # contrastive prefilter spec
+    timestep_weights: dict | None = None  # timestep weighting spec (None: uniform, the paper)
+    timestep_range: tuple[float, float] | None = None  # the part of [0, T) the plan spreads over
     cpu_threads: int | None = None  # torch.get_num_threads() when scored on the CPU, None on a GPU
     store_format: int = STORE_FORMAT
 

@@ -127,6 +127,8 @@ class EvalConfig:
     strategy: dict | None = None  # dc_zoo.strategies spec, e.g. {"name": "sequential"}; None: the entry's
     max_evaluations: int | None = None  # per-image budget (anytime answer)
     prefilter: dict | None = None  # {"model": open_clip name, "k": classes kept}
+    timestep_weights: dict | str | None = None  # "sine" or a fitted table (dc_zoo.strategies.weighting)
+    timestep_range: tuple[float, float] | None = None  # (lo, hi) fractions of [0, T) the plan spreads over
     error_cache: str | None = None  # SQLite file of network errors shared by runs (dc_zoo.error_cache)
     recommended: bool = False  # start from the entry's measured cheaper scoring instead of the paper's
     image_batch_size: int = 8  # samples per chunk (scored together, written together)
@@ -229,7 +231,8 @@ def _candidates(clf: DiffusionClassifier, dataset: BenchmarkDataset, template_so
 
 def _scoring(config: EvalConfig, clf: DiffusionClassifier) -> ScoringConfig:
     overrides = {k: getattr(config, k) for k in ("n_samples", "to_keep", "loss", "seed", "n_trials", "batch_size",
-                                                 "strategy", "max_evaluations", "prefilter")
+                                                 "strategy", "max_evaluations", "prefilter", "timestep_weights",
+                                                 "timestep_range")
                  if getattr(config, k) is not None}
     return dataclasses.replace(clf.scoring, **overrides)
 
@@ -448,12 +451,13 @@ def _run(ctx: DistributedContext, config: EvalConfig, classifier: DiffusionClass
         scoring = _resolve_auto_batch_size(ctx, clf, scoring, candidates, dataset, run_dir / "store")
     identity = RunIdentity(
         model=model_name, revision=revision, dtype=str(clf.backend.dtype).replace("torch.", ""),
-        preprocess=dataclasses.asdict(clf.preprocess), n_samples=scoring.n_samples, to_keep=scoring.to_keep,
+        preprocess=clf.preprocess.identity(), n_samples=scoring.n_samples, to_keep=scoring.to_keep,
         loss=scoring.loss, n_trials=int(scoring.n_trials), seed=int(scoring.seed),
         batch_size=int(scoring.batch_size), image_batch_size=B, templates=tuple(templates),
         class_names=tuple(dataset.classes), dataset=config.dataset, split=config.split,
         dataset_size=dataset.size, speed_levers=levers,
         strategy=scoring.strategy, max_evaluations=scoring.max_evaluations, prefilter=scoring.prefilter,
+        timestep_weights=scoring.timestep_weights, timestep_range=scoring.timestep_range,
         cpu_threads=torch.get_num_threads() if torch.device(clf.backend.device).type == "cpu" else None,
     )
     identity = RunIdentity.from_dict(json.loads(json.dumps(identity.to_dict())))  # as a header reads back

@@ -3,7 +3,8 @@
 The default is the paper's adaptive stages (``StageSchedule``). Others spend fewer
 evaluations for the same answer: ``SequentialPairedTest`` drops candidates as soon as a paired
 test says they are worse, ``apply_budget`` stops at a per-image budget, and
-``ContrastivePrefilter`` keeps a CLIP model's top-k classes before any diffusion evaluation.
+``ContrastivePrefilter`` keeps a CLIP model's top-k classes before any diffusion evaluation, and
+``TimestepWeighting`` decides how much each timestep's error counts (``ScoringConfig.timestep_weights``).
 A strategy is named in ``ScoringConfig(strategy={...})`` by a JSON spec, so it travels through
 ``DC_ZOO_SCORING``, registry entries and ``dc-zoo eval`` unchanged.
 """
@@ -15,8 +16,10 @@ from .base import RoundDecision, RoundState, ScoringStrategy, masked_argmin, mea
 from .budget import apply_budget
 from .sequential import SequentialPairedTest, spread_order, student_t_quantile
 from .stages import StageSchedule
+from .weighting import TimestepWeighting, build_weighting, fit_weight_table
 
 __all__ = ["RoundDecision", "RoundState", "ScoringStrategy", "StageSchedule", "SequentialPairedTest",
+           "TimestepWeighting", "build_weighting", "fit_weight_table",
            "apply_budget", "build_strategy", "ContrastivePrefilter", "STRATEGIES", "mean_errors", "masked_argmin", "spread_order",
            "student_t_quantile"]
 

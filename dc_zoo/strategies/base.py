@@ -33,6 +33,7 @@ class RoundState:
         max_evaluations: the per-image budget (None: no budget).
         n_trials: eps draws per timestep.
         n_candidates: ``[N]`` candidates each image started the race with (after any prefilter).
+        weights: ``[n_timesteps]`` weight of each plan position in a score (None: uniform, the paper).
     """
 
     round: int
@@ -44,6 +45,7 @@ class RoundState:
     max_evaluations: int | None
     n_trials: int
     n_candidates: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.n_candidates is None:
@@ -76,8 +78,9 @@ class ScoringStrategy(Protocol):
 
     name: str
 
-    def timestep_plan(self, n_samples: tuple[int, ...], num_train_timesteps: int) -> TimestepPlan:
-        """The plan whose stages are the rounds."""
+    def timestep_plan(self, n_samples: tuple[int, ...], num_train_timesteps: int,
+                      window: tuple[float, float] | None = None) -> TimestepPlan:
+        """The plan whose stages are the rounds (``window``: the part of [0, T) it spreads over)."""
 
     def decide(self, state: RoundState) -> RoundDecision:
         """Prune after a round."""
@@ -86,11 +89,18 @@ class ScoringStrategy(Protocol):
         """The JSON spec that rebuilds this strategy (``dc_zoo.strategies.build_strategy``)."""
 
 
-def mean_errors(timestep_errors: torch.Tensor) -> torch.Tensor:
+def mean_errors(timestep_errors: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Each candidate's mean error over the (timestep, trial) pairs it was evaluated on (NaN = not
-    run; a candidate never evaluated, e.g. dropped by a prefilter, has NaN)."""
-    counts = (~torch.isnan(timestep_errors)).sum(dim=(2, 3))
-    means = torch.nansum(timestep_errors, dim=(2, 3)) / counts.clamp_min(1)
+    run; a candidate never evaluated, e.g. dropped by a prefilter, has NaN), weighted by
+    ``weights[n_timesteps]`` when given (``dc_zoo.strategies.weighting``)."""
+    evaluated = ~torch.isnan(timestep_errors)
+    counts = evaluated.sum(dim=(2, 3))
+    if weights is None:
+        means = torch.nansum(timestep_errors, dim=(2, 3)) / counts.clamp_min(1)
+    else:
+        w = weights.to(timestep_errors.device, timestep_errors.dtype).view(1, 1, -1, 1) * evaluated
+        total = torch.where(evaluated, timestep_errors, torch.zeros_like(timestep_errors)) * w
+        means = total.sum(dim=(2, 3)) / w.sum(dim=(2, 3)).clamp_min(1e-30)
     return torch.where(counts > 0, means, torch.full_like(means, float("nan")))
 
 

@@ -23,7 +23,7 @@ def apply_budget(state: RoundState, decision: RoundDecision) -> RoundDecision:
     over = decision.active & (state.evaluations + state.next_round_cost(decision.alive) > state.max_evaluations)
     if not bool(over.any()):
         return decision
-    leader = masked_argmin(mean_errors(state.timestep_errors), decision.alive)
+    leader = masked_argmin(mean_errors(state.timestep_errors, state.weights), decision.alive)
     only_leader = torch.zeros_like(decision.alive)
     only_leader[torch.arange(only_leader.shape[0]), leader] = True
     alive = torch.where(over.view(-1, 1), only_leader, decision.alive)

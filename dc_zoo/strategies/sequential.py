@@ -8,7 +8,8 @@ candidate that is clearly worse than the leader can be dropped early. Here:
   size) is evaluated in van der Corput (bit-reversed) order, ``chunk`` at a time, so every
   prefix is spread over [0, T) and early looks are not biased to one noise level.
 * Test: after each round, for each alive candidate ``j`` and the leader ``L`` (lowest mean
-  error), the paired differences ``d = e_j - e_L`` over the n evaluated (t, eps) pairs give
+  error), the paired differences ``d = e_j - e_L`` over the n evaluated (t, eps) pairs (times
+  ``w(t) / mean(w)`` under a timestep weighting, so their mean is the weighted score gap) give
   the statistic ``mean(d) / (sd(d) / sqrt(n))``; ``j`` is dropped when it exceeds the exact
   Student-t quantile (df = n - 1) at level ``alpha_look / (2 (m - 1))``, m the image's number
   of candidates at the start (fixed, so the bound below does not depend on the data).
@@ -147,12 +148,13 @@ class SequentialPairedTest:
             raise ValueError(f"sequential strategy: max_timesteps must be a positive integer or null, "
                              f"got {self.max_timesteps!r}.")
 
-    def timestep_plan(self, n_samples: tuple[int, ...], num_train_timesteps: int) -> TimestepPlan:
+    def timestep_plan(self, n_samples: tuple[int, ...], num_train_timesteps: int,
+                      window: tuple[float, float] | None = None) -> TimestepPlan:
         pool = int(self.max_timesteps or max(n_samples))
         if pool > num_train_timesteps:
             raise ValueError(f"sequential strategy: max_timesteps={pool} is more than the model's "
                              f"{num_train_timesteps} timesteps.")
-        base = TimestepPlan.from_stages((pool,), num_train_timesteps)
+        base = TimestepPlan.from_stages((pool,), num_train_timesteps, window=window)
         order = spread_order(base.num_timesteps)
         rounds = tuple(tuple(order[i : i + self.chunk]) for i in range(0, len(order), self.chunk))
         return TimestepPlan(timesteps=base.timesteps, stage_positions=rounds)
@@ -165,7 +167,7 @@ class SequentialPairedTest:
         errors = state.timestep_errors  # [N, C, n_t, R]
         N, C = state.alive.shape
         alive = state.alive.clone()
-        means = mean_errors(errors)
+        means = mean_errors(errors, state.weights)
         leader = masked_argmin(means, alive)
         flat = errors.flatten(2)  # [N, C, n_t * R]
         evaluated = ~torch.isnan(flat[torch.arange(N), leader])  # [N, P]: the leader's pairs
@@ -175,6 +177,11 @@ class SequentialPairedTest:
         if bool(testing.any()):
             lead = flat[torch.arange(N), leader].unsqueeze(1)  # [N, 1, P]
             diff = torch.where(evaluated.unsqueeze(1), flat - lead, torch.zeros_like(flat)).to(torch.float64)
+            if state.weights is not None:  # weighted differences, scaled to mean weight 1 over the pairs seen
+                w = state.weights.to(diff.device, torch.float64).repeat_interleave(state.n_trials).view(1, -1)
+                w = torch.where(evaluated, w, torch.zeros_like(w))
+                w = w / (w.sum(1, keepdim=True) / n.to(torch.float64).clamp_min(1).view(N, 1)).clamp_min(1e-30)
+                diff = diff * w.unsqueeze(1)
             nn = n.to(torch.float64).clamp_min(2).view(N, 1)
             mean = diff.sum(2) / nn
             var = ((diff - mean.unsqueeze(2)) ** 2 * evaluated.unsqueeze(1)).sum(2) / (nn - 1)

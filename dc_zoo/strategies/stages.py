@@ -25,12 +25,13 @@ class StageSchedule:
     to_keep: tuple[int, ...]
     name: str = "stages"
 
-    def timestep_plan(self, n_samples: tuple[int, ...], num_train_timesteps: int) -> TimestepPlan:
-        return TimestepPlan.from_stages(n_samples, num_train_timesteps)
+    def timestep_plan(self, n_samples: tuple[int, ...], num_train_timesteps: int,
+                      window: tuple[float, float] | None = None) -> TimestepPlan:
+        return TimestepPlan.from_stages(n_samples, num_train_timesteps, window=window)
 
     def decide(self, state: RoundState) -> RoundDecision:
         keep = int(self.to_keep[state.round])
-        means = mean_errors(state.timestep_errors)
+        means = mean_errors(state.timestep_errors, state.weights)
         means = torch.where(state.alive & ~torch.isnan(means), means, torch.full_like(means, float("inf")))
         k = min(keep, means.shape[1])
         order = torch.sort(means, dim=1, stable=True).indices[:, :k]  # ties: the lower index, always
