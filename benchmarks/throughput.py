@@ -12,6 +12,12 @@ run counts (the least disturbed by other work on the machine).
     python benchmarks/throughput.py --arch tiny-sd                      # CPU smoke run
     python benchmarks/throughput.py --arch sd-2-base --device cuda --dtype bfloat16 \
         --batch-size 128 --channels-last --compile --out benchmarks/sd2.md
+    python benchmarks/throughput.py --arch sd-3-medium --flops-only     # FLOPs on the meta device
+
+Architectures: SD 1.x/2.x UNets, DiT, the SD3 transformer (rectified flow; built without T5,
+whose zeros in its place give the transformer the same sequence length) and the SDXL UNet.
+``--flops-only`` builds the networks on the meta device (no memory, no weights) and prints the
+FLOPs of one evaluation at the model's resolution.
 """
 from __future__ import annotations
 
@@ -21,12 +27,14 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import dc_zoo
 from dc_zoo.acceleration import denoising_network, optimize_backend
 from dc_zoo.architectures import ARCHITECTURES, build_backend
 from dc_zoo.backends.base import resolve_dtype
+from dc_zoo.engine import num_conditions, select_conditions
 from dc_zoo.losses import per_sample_error
 from dc_zoo.noise import sample_noise
 from dc_zoo.preprocess import to_pixels
@@ -36,6 +44,10 @@ DEFAULTS = {  # images, classes, n_samples, to_keep: enough work for a steady st
     "tiny-dit": (8, 10, (10, 50), (3, 1)),
     "sd-2-base": (4, 10, (8, 32), (3, 1)),
     "dit-xl-2-256": (2, 100, (4, 16), (10, 1)),
+    "tiny-sd3": (8, 10, (10, 50), (3, 1)),
+    "tiny-sdxl": (8, 10, (10, 50), (3, 1)),
+    "sd-3-medium": (2, 10, (4, 16), (3, 1)),
+    "sdxl-base": (2, 10, (4, 16), (3, 1)),
 }
 
 
@@ -71,20 +83,42 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
 
 
+def _rows(conditions, index: torch.Tensor):
+    """Candidates ``index`` of a conditioning tensor or pytree (the SD3 / SDXL condition dicts)."""
+    device = torch.utils._pytree.tree_leaves(conditions)[0].device
+    return select_conditions(conditions, index.to(device))
+
+
 def flops_per_eval(backend, x0: torch.Tensor, conditions) -> float:
-    """FLOPs of one network evaluation, counted on a batch of one."""
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        backend.denoise(x0[:1].to(backend.dtype), torch.tensor([500], device=x0.device), conditions[:1])
+    """FLOPs of one network evaluation, counted on a batch of one.
+
+    Attention runs on torch's math kernel here: the counter does not see the CPU's fused
+    attention kernel (it would count none of attention's FLOPs there); the math kernel's
+    matmuls are the same FLOPs every fused kernel does, so the count is the same on any device.
+    """
+    t = backend.schedule.model_timestep(torch.tensor([500])).to(x0.device)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode(), sdpa_kernel([SDPBackend.MATH]):
+        backend.denoise(x0[:1].to(backend.dtype), t, _rows(conditions, torch.tensor([0])))
     return float(counter.get_total_flops())
+
+
+def meta_flops_per_eval(arch: str) -> float:
+    """FLOPs of one evaluation of architecture ``arch``, counted on the meta device: nothing is allocated,
+    so the full-size networks (SDXL's 2.6B UNet, SD3's transformer) are counted on any machine."""
+    backend = build_backend(arch, device="meta")
+    size = backend.preprocess.size
+    x0 = backend.encode_images(torch.zeros(1, 3, size, size, device="meta"))
+    conditions = backend.encode_conditions([0] if backend.conditioning == "class_label" else ["a photo of a cat."])
+    return flops_per_eval(backend, x0, conditions)
 
 
 def network_only(backend, x0, conditions, batch_size: int, seconds: float) -> float:
     """Evaluations/s of bare network calls at ``batch_size`` (the engine's pure compute time)."""
     with torch.inference_mode():  # inputs made as the engine makes them, so a compiled network is reused
         idx = torch.arange(batch_size, device=x0.device) % x0.shape[0]
-        cidx = torch.arange(batch_size, device=x0.device) % conditions.shape[0]
-        x, c = x0[idx].to(backend.dtype).contiguous(), conditions[cidx]
-        t = torch.full((batch_size,), 500, device=x0.device)
+        cidx = torch.arange(batch_size) % num_conditions(conditions)
+        x, c = x0[idx].to(backend.dtype).contiguous(), _rows(conditions, cidx)
+        t = backend.schedule.model_timestep(torch.full((batch_size,), 500)).to(x0.device)
         for _ in range(2):
             backend.denoise(x, t, c)
         sync(x0.device)
@@ -98,14 +132,19 @@ def network_only(backend, x0, conditions, batch_size: int, seconds: float) -> fl
 
 @torch.inference_mode()
 def reference_like(backend, x0, conditions, scoring, keys, dtype, batch_size=32):
-    """The official code's loop: each image alone, per-stage lists, batches of 32, host copy per batch."""
-    plan = dc_zoo.TimestepPlan.from_stages(scoring.n_samples, backend.schedule.num_train_timesteps)
-    abar = backend.schedule.alphas_cumprod.to(x0.device).to(dtype)
+    """The official code's loop: each image alone, per-stage lists, batches of 32, host copy per batch.
+
+    DDPM-family models noise by hand with alphas_cumprod in ``dtype``, as the original; flow models
+    (no alphas_cumprod) through their schedule, the same arithmetic the original would need.
+    """
+    schedule = backend.schedule
+    plan = dc_zoo.TimestepPlan.from_stages(scoring.n_samples, schedule.num_train_timesteps)
+    abar = schedule.alphas_cumprod.to(x0.device).to(dtype) if hasattr(schedule, "alphas_cumprod") else None
     predictions, evaluations = [], 0
     for n, key in enumerate(keys):
         all_noise = sample_noise(scoring.seed, key, plan.timesteps, 1, x0.shape[1:]).to(x0.device, dtype)[:, 0]
         latent = x0[n : n + 1].to(dtype)
-        remaining = list(range(conditions.shape[0]))
+        remaining = list(range(num_conditions(conditions)))
         errors: dict[int, list[float]] = {c: [] for c in remaining}
         for positions, keep in zip(plan.stage_positions, scoring.to_keep):
             ts, noise_idxs, cond_idxs = [], [], []
@@ -118,11 +157,16 @@ def reference_like(backend, x0, conditions, scoring, keys, dtype, batch_size=32)
             for start in range(0, len(ts), batch_size):
                 batch_ts = torch.tensor(ts[start : start + batch_size], device=x0.device)
                 noise = all_noise[noise_idxs[start : start + batch_size]]
-                a = abar[batch_ts].sqrt().view(-1, 1, 1, 1)
-                s = (1 - abar[batch_ts]).sqrt().view(-1, 1, 1, 1)
-                noised = latent * a + noise * s
-                pred = backend.denoise(noised, batch_ts, conditions[cond_idxs[start : start + batch_size]])
-                err = per_sample_error(pred, noise, scoring.loss)
+                batch_conditions = _rows(conditions, torch.tensor(cond_idxs[start : start + batch_size]))
+                if abar is not None:
+                    a = abar[batch_ts].sqrt().view(-1, 1, 1, 1)
+                    s = (1 - abar[batch_ts]).sqrt().view(-1, 1, 1, 1)
+                    noised, target = latent * a + noise * s, noise
+                else:
+                    clean = latent.expand_as(noise)
+                    noised, target = schedule.add_noise(clean, noise, batch_ts), schedule.target(clean, noise, batch_ts)
+                pred = backend.denoise(noised, backend.schedule.model_timestep(batch_ts), batch_conditions)
+                err = per_sample_error(pred, target, scoring.loss)
                 pred_errors[start : start + len(batch_ts)] = err.cpu()  # the original's per-batch sync
             evaluations += len(ts)
             for c in remaining:
@@ -150,7 +194,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of the reference-like loop and of the engine end to end (the fastest counts)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--flops-only", action="store_true",
+                        help="only count one evaluation's FLOPs, on the meta device (no weights, no memory)")
     args = parser.parse_args(argv)
+    if args.flops_only:
+        report(f"arch {args.arch}: {meta_flops_per_eval(args.arch) / 1e9:.3f} GFLOP/eval (meta device)", args.out)
+        return 0
 
     device = torch.device(args.device)
     gpu = device.type == "cuda"

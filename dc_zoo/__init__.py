@@ -3,17 +3,18 @@
 Li, Prabhudesai, Duggal, Brown, Pathak, "Your Diffusion Model is Secretly a Zero-Shot
 Classifier", ICCV 2023 (arXiv 2303.16203).
 """
-from .backends import DenoiserBackend, DiffusionBackend, DiTBackend, StableDiffusionBackend
+from .backends import (DenoiserBackend, DiffusionBackend, DiTBackend, StableDiffusion3Backend, StableDiffusionBackend,
+                       StableDiffusionXLBackend)
 from .candidates import CandidateSet
 from .classifier import DiffusionClassifier
 from .config import PreprocessConfig, ScoringConfig
 from .engine import EngineResult, NonFiniteScoreError, score_candidates
 from .image_io import ImageInputError, ImageReadError
 from .noise import sample_noise
-from .strategies import SequentialPairedTest, StageSchedule, build_strategy
+from .strategies import SequentialPairedTest, StageSchedule, TimestepWeighting, build_strategy
 from .calibration import Calibration
 from .error_cache import ErrorCache
-from .noise_schedules import DiscreteDiffusionSchedule, FlowMatchingSchedule, schedule_from_scheduler
+from .noise_schedules import DiscreteDiffusionSchedule, FlowMatchingSchedule, NoiseSchedule, schedule_from_scheduler
 from .outputs import ClassificationOutput
 from .timestep_plan import TimestepPlan
 from ._factory import create_model
@@ -27,7 +28,8 @@ __all__ = [
     "DiffusionClassifier", "ClassificationOutput", "ScoringConfig", "PreprocessConfig",
     "TimestepPlan", "CandidateSet", "score_candidates", "EngineResult", "NonFiniteScoreError",
     "ImageInputError", "ImageReadError",
-    "SequentialPairedTest", "StageSchedule", "build_strategy", "Calibration", "ErrorCache",
-    "sample_noise", "DiscreteDiffusionSchedule", "FlowMatchingSchedule", "schedule_from_scheduler",
-    "DiffusionBackend", "StableDiffusionBackend", "DiTBackend", "DenoiserBackend",
+    "SequentialPairedTest", "StageSchedule", "TimestepWeighting", "build_strategy", "Calibration", "ErrorCache",
+    "sample_noise", "NoiseSchedule", "DiscreteDiffusionSchedule", "FlowMatchingSchedule", "schedule_from_scheduler",
+    "DiffusionBackend", "StableDiffusionBackend", "StableDiffusion3Backend", "StableDiffusionXLBackend", "DiTBackend",
+    "DenoiserBackend",
 ]

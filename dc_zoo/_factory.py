@@ -2,9 +2,11 @@
 
 Three spellings (timm's ``_factory.py``): ``"sd-2-base"`` (a registry entry: its Hub location,
 pinned revision, preprocessing, template and stage schedule), ``"hf-hub:org/repo[@revision]"``
-(any diffusers StableDiffusionPipeline / DiTPipeline repo; the backend is read from
-model_index.json and the scheduler config) and ``"local-dir:/path"`` or a plain directory
-(a fine-tune or a merged LoRA saved with ``save_pretrained``).
+(any diffusers StableDiffusionPipeline / StableDiffusion3Pipeline / StableDiffusionXLPipeline /
+DiTPipeline repo; the backend is read from model_index.json and the scheduler config) and
+``"local-dir:/path"`` or a plain directory (a fine-tune or a merged LoRA saved with
+``save_pretrained``). Optional components (SD3's T5: ``text_encoder_3`` / ``tokenizer_3``) load
+when model_index.json declares them and are left out when it says ``[null, null]`` or omits them.
 
 Loading is safe by construction: weights are safetensors unless the caller allows pickle, and
 no code from a model repo is ever imported or run. A model_index.json that names a custom
@@ -33,8 +35,9 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from . import _hub
-from ._registry import ModelName, RegistryEntry, find_entry_by_repo, get_entry, parse_model_name
-from .backends import DiTBackend, StableDiffusionBackend, resolve_dtype
+from ._registry import FLOW_PREDICTION, ModelName, RegistryEntry, find_entry_by_repo, get_entry, parse_model_name
+from .backends import (DiTBackend, StableDiffusion3Backend, StableDiffusionBackend, StableDiffusionXLBackend,
+                       resolve_dtype)
 from .classifier import DiffusionClassifier
 from .config import PreprocessConfig, ScoringConfig
 from .timestep_plan import TimestepPlan
@@ -54,6 +57,9 @@ class FamilySpec:
     template: str | None  # prompt template for models outside the registry
     n_samples: tuple[int, ...]  # default stages for models outside the registry
     to_keep: tuple[int, ...]
+    optional: tuple[tuple[str, ...], ...] = ()  # groups loaded when declared (all of a group or none)
+    optional_networks: tuple[str, ...] = ()  # those of the optional components that hold weights
+    default_dtype: str = "float16"  # GPU dtype for models outside the registry
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -69,17 +75,37 @@ FAMILIES: dict[str, FamilySpec] = {
         networks=("transformer", "vae"),
         template=None, n_samples=(250,), to_keep=(1,),
     ),
+    # T5 (text_encoder_3) is optional, as in diffusers: without it the pipeline feeds zeros in its place.
+    "stable_diffusion_3": FamilySpec(
+        pipeline_classes=("StableDiffusion3Pipeline",),
+        required=("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
+        networks=("transformer", "vae", "text_encoder", "text_encoder_2"),
+        template="a photo of a {}.", n_samples=(50, 500), to_keep=(5, 1),
+        optional=(("text_encoder_3", "tokenizer_3"),), optional_networks=("text_encoder_3",),
+        default_dtype="bfloat16",  # the dtype recommended for SD3.5 (SD3-medium's own entry says float16)
+    ),
+    "stable_diffusion_xl": FamilySpec(
+        pipeline_classes=("StableDiffusionXLPipeline",),
+        required=("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
+        networks=("unet", "vae", "text_encoder", "text_encoder_2"),
+        template="a photo of a {}.", n_samples=(50, 500), to_keep=(5, 1),
+    ),
 }
 _LIBRARIES = ("diffusers", "transformers")  # the only modules a model_index.json may name
 # What each component must be: (library, base class) of the classes it may name.
 _COMPONENT_KINDS = {
     "unet": ("diffusers", "ModelMixin"), "vae": ("diffusers", "ModelMixin"), "transformer": ("diffusers", "ModelMixin"),
     "scheduler": ("diffusers", "SchedulerMixin"),
-    "text_encoder": ("transformers", "PreTrainedModel"), "tokenizer": ("transformers", "PreTrainedTokenizerBase"),
+    **{f"text_encoder{n}": ("transformers", "PreTrainedModel") for n in ("", "_2", "_3")},
+    **{f"tokenizer{n}": ("transformers", "PreTrainedTokenizerBase") for n in ("", "_2", "_3")},
 }
 # model_index.json keys through which diffusers would fetch and run code from the repo or the Hub.
 _REMOTE_CODE_KEYS = ("custom_pipeline", "_custom_pipeline", "auto_map", "trust_remote_code")
 _NO_REPO_CODE = "dc_zoo never imports or runs code from a model repo"
+
+
+def _supported_pipelines() -> list[str]:
+    return [c for spec in FAMILIES.values() for c in spec.pipeline_classes]
 
 
 @dataclass(frozen=True)
@@ -104,9 +130,9 @@ def _family_of(model_index: Mapping[str, Any], snapshot: _hub.Snapshot) -> str:
     for family, spec in FAMILIES.items():
         if class_name in spec.pipeline_classes:
             return family
-    supported = [c for spec in FAMILIES.values() for c in spec.pipeline_classes]
     raise _hub.UnsupportedPipelineError(
-        f"{snapshot.describe()} is a {class_name or 'pipeline without _class_name'}; dc_zoo scores {supported}. "
+        f"{snapshot.describe()} is a {class_name or 'pipeline without _class_name'}; dc_zoo scores "
+        f"{_supported_pipelines()}. "
         "For another model family, wrap its denoiser in dc_zoo.DenoiserBackend and pass it to DiffusionClassifier."
     )
 
@@ -119,7 +145,7 @@ def _refuse_repo_code(snapshot: _hub.Snapshot, model_index: Mapping[str, Any]) -
         module, cls = (list(class_name) + [None, None])[:2]
         raise _hub.RemoteCodeError(
             f"{index}: _class_name {list(class_name)!r} names a custom pipeline (class {cls!r} in the repo's own "
-            f"{module}.py); {_NO_REPO_CODE}. Use a repo whose _class_name is StableDiffusionPipeline or DiTPipeline, "
+            f"{module}.py); {_NO_REPO_CODE}. Use a repo whose _class_name is one of {_supported_pipelines()}, "
             "or wrap the model's denoiser in dc_zoo.DenoiserBackend yourself."
         )
     for key in _REMOTE_CODE_KEYS:
@@ -176,6 +202,7 @@ def _describe_unlisted(name: str, snapshot: _hub.Snapshot, model_index: Mapping[
     factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
     resolution = int(network.get("sample_size") or 64) * factor
     num_classes = int(network["num_embeds_ada_norm"]) if family == "dit" else None
+    flow = str(scheduler.get("_class_name", "")).startswith("FlowMatch")
     T = int(scheduler.get("num_train_timesteps", 1000))
     k = num_classes or 10
     evaluations = TimestepPlan.from_stages(spec.n_samples, T).evaluations(k, spec.to_keep)
@@ -184,8 +211,9 @@ def _describe_unlisted(name: str, snapshot: _hub.Snapshot, model_index: Mapping[
         family=family, hub_id=snapshot.repo_id, original_id=None, official_location=False,
         location_note=None, revision=snapshot.revision or "local", revision_pinned=bool(snapshot.commit and snapshot.commit == snapshot.revision),
         pipeline_class=str(model_index.get("_class_name")),
-        prediction_type=scheduler.get("prediction_type") or "epsilon", resolution=resolution,
-        interpolation="bicubic", crop="adm_center" if family == "dit" else "center", default_dtype="float16",
+        prediction_type=FLOW_PREDICTION if flow else (scheduler.get("prediction_type") or "epsilon"),
+        resolution=resolution, interpolation="bicubic", crop="adm_center" if family == "dit" else "center",
+        default_dtype=spec.default_dtype,
         template=spec.template, num_classes=num_classes,
         schedule={"n_samples": list(spec.n_samples), "to_keep": list(spec.to_keep), "loss": "l2",
                   "source": "dc_zoo's default for this family (the paper's)"},
@@ -252,6 +280,7 @@ def resolve_model(name: str, revision: str | None = None, *, token: str | bool |
     _refuse_repo_code(snapshot, model_index)
     family = _family_of(model_index, snapshot)
     components = _hub.check_components(snapshot, model_index, FAMILIES[family].required)
+    components.update(_optional_components(snapshot, model_index, FAMILIES[family]))
     for component, (library, class_name) in components.items():
         _component_class(snapshot, component, library, class_name)
     if entry is None:
@@ -262,6 +291,36 @@ def resolve_model(name: str, revision: str | None = None, *, token: str | bool |
             f"{model_index.get('_class_name')}; the repo changed under an unpinned revision: pin revision=<commit>."
         )
     return ResolvedModel(entry=entry, snapshot=snapshot, model_index=model_index, components=components)
+
+
+def _declared(model_index: Mapping[str, Any], name: str) -> bool:
+    """Whether model_index.json gives ``name`` a class (absent and ``[null, null]`` mean "not used")."""
+    spec = model_index.get(name)
+    return isinstance(spec, (list, tuple)) and any(part is not None for part in spec)
+
+
+def _optional_components(snapshot: _hub.Snapshot, model_index: Mapping[str, Any],
+                         spec: FamilySpec) -> dict[str, tuple[str, str]]:
+    """The optional components the pipeline declares (e.g. SD3's T5), each group whole and on disk.
+
+    Raises:
+        MissingComponentsError: a group declared in part, or a declared component without its folder.
+    """
+    found: dict[str, tuple[str, str]] = {}
+    for group in spec.optional:
+        declared = [name for name in group if _declared(model_index, name)]
+        if not declared:
+            continue
+        if len(declared) != len(group):
+            absent = [name for name in group if name not in declared]
+            raise _hub.MissingComponentsError(
+                f"{snapshot.describe()} declares {', '.join(declared)} but not {', '.join(absent)} in "
+                "model_index.json; "
+                f"{' and '.join(group)} are used together. Declare both (and their folders), or set both to "
+                "[null, null] to load the pipeline without them."
+            )
+        found.update(_hub.check_components(snapshot, model_index, group))
+    return found
 
 
 def _load_component(snapshot: _hub.Snapshot, name: str, library: str, class_name: str, use_safetensors: bool):
@@ -300,6 +359,50 @@ def _damage_reason(err: BaseException) -> str | None:
                                                                    "header", "incomplete"))):
             return f"{kind}: {text}" if text else kind
     return None
+
+
+def _checked_scheduler(entry: RegistryEntry, snapshot: _hub.Snapshot, scheduler):
+    """The scheduler, with the registry's prediction_type where its config disagrees (DDPM family)."""
+    is_flow = type(scheduler).__name__.startswith("FlowMatch")
+    if (entry.prediction_type == FLOW_PREDICTION) != is_flow:
+        raise _hub.UnsupportedPipelineError(
+            f"{entry.name} is registered with prediction_type {entry.prediction_type!r} but {snapshot.describe()} has "
+            f"a {type(scheduler).__name__}; a rectified-flow model needs a FlowMatch scheduler and the others a "
+            "DDPM-family one. The repo changed under an unpinned revision: pin revision=<commit>."
+        )
+    if is_flow:
+        return scheduler
+    declared = scheduler.config.get("prediction_type", "epsilon") or "epsilon"
+    if entry.listed and entry.prediction_type and declared != entry.prediction_type:
+        logger.warning("%s: the scheduler of %s says prediction_type=%r but the registry says %r; using the registry's",
+                       entry.name, snapshot.describe(), declared, entry.prediction_type)
+        scheduler = type(scheduler).from_config(scheduler.config, prediction_type=entry.prediction_type)
+    return scheduler
+
+
+def _build_backend(entry: RegistryEntry, resolved: ResolvedModel, parts: Mapping[str, Any], scheduler,
+                   preprocess: PreprocessConfig):
+    """The family's backend over the loaded components."""
+    if entry.family == "stable_diffusion":
+        return StableDiffusionBackend(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
+                                      scheduler, preprocess)
+    if entry.family == "stable_diffusion_3":
+        return StableDiffusion3Backend(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
+                                       parts["text_encoder_2"], parts["tokenizer_2"], scheduler,
+                                       parts.get("text_encoder_3"), parts.get("tokenizer_3"), preprocess)
+    if entry.family == "stable_diffusion_xl":
+        force_zeros = resolved.model_index.get("force_zeros_for_empty_prompt", True)
+        return StableDiffusionXLBackend(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
+                                        parts["text_encoder_2"], parts["tokenizer_2"], scheduler, preprocess,
+                                        force_zeros_for_empty_prompt=bool(force_zeros))
+    id2label = resolved.model_index.get("id2label")
+    backend = DiTBackend(parts["transformer"], parts["vae"], scheduler, id2label, preprocess)
+    if entry.num_classes and backend.num_classes != entry.num_classes:
+        raise _hub.UnsupportedPipelineError(
+            f"{entry.name} should have {entry.num_classes} classes but {resolved.snapshot.describe()} has "
+            f"{backend.num_classes}; the repo changed under an unpinned revision: pin revision=<commit>."
+        )
+    return backend
 
 
 RECOMMENDED = "recommended"
@@ -390,27 +493,13 @@ def create_model(name: str, revision: str | None = None, device: str | torch.dev
                              allow_pickle=allow_pickle, endpoint=endpoint)
     entry, snapshot = resolved.entry, resolved.snapshot
     spec = FAMILIES[entry.family]
-    use_safetensors = _hub.check_weight_files(snapshot, spec.networks, allow_pickle=allow_pickle)
+    networks = spec.networks + tuple(n for n in spec.optional_networks if n in resolved.components)
+    use_safetensors = _hub.check_weight_files(snapshot, networks, allow_pickle=allow_pickle)
     _hub.check_files_intact(snapshot, resolved.components)
     parts = {c: _load_component(snapshot, c, lib, cls, use_safetensors) for c, (lib, cls) in resolved.components.items()}
-    scheduler = parts["scheduler"]
-    declared = scheduler.config.get("prediction_type", "epsilon") or "epsilon"
-    if entry.listed and entry.prediction_type and declared != entry.prediction_type:
-        logger.warning("%s: the scheduler of %s says prediction_type=%r but the registry says %r; using the registry's",
-                       entry.name, snapshot.describe(), declared, entry.prediction_type)
-        scheduler = type(scheduler).from_config(scheduler.config, prediction_type=entry.prediction_type)
+    scheduler = _checked_scheduler(entry, snapshot, parts["scheduler"])
     preprocess = preprocess or PreprocessConfig(size=entry.resolution, interpolation=entry.interpolation, crop=entry.crop)
-    if entry.family == "stable_diffusion":
-        backend = StableDiffusionBackend(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
-                                         scheduler, preprocess)
-    else:
-        id2label = resolved.model_index.get("id2label")
-        backend = DiTBackend(parts["transformer"], parts["vae"], scheduler, id2label, preprocess)
-        if entry.num_classes and backend.num_classes != entry.num_classes:
-            raise _hub.UnsupportedPipelineError(
-                f"{entry.name} should have {entry.num_classes} classes but {snapshot.describe()} has "
-                f"{backend.num_classes}; the repo changed under an unpinned revision: pin revision=<commit>."
-            )
+    backend = _build_backend(entry, resolved, parts, scheduler, preprocess)
     device, dtype = _device_and_dtype(entry, device, dtype)
     backend = backend.to(device=device, dtype=dtype).eval()
     if templates is None:

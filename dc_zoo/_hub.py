@@ -40,7 +40,9 @@ _SAFE_SUFFIXES = (".safetensors",)
 _PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 # Never needed to classify: original-format checkpoints, other frameworks, fp16/EMA duplicates, NSFW filter.
 _IGNORE = ["*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.ot", "*fp16*", "*non_ema*",
-           "*.png", "*.jpg", "safety_checker/*", "feature_extractor/*"]
+           "*.png", "*.jpg", "safety_checker/*", "feature_extractor/*",
+           # single-file checkpoints beside the diffusers folders (SDXL ~7 GB, SD3/3.5 up to 16 GB): never read
+           "sd_xl_*.safetensors", "sd3*.safetensors", "text_encoders/*"]
 
 
 class ZooHubError(OSError):
@@ -317,8 +319,9 @@ def download_snapshot(repo_id: str, revision: str | None = None, *, token: str |
         raise ValueError(f"{repo_id!r} is not a valid Hub repo id ({err}); write it as 'org/repo'.") from None
     except GatedRepoError:
         raise GatedModelError(
-            f"{repo_id} is a gated repo and the request had no accepted token. Accept its conditions at "
-            f"https://huggingface.co/{repo_id}, then log in with `hf auth login`, set HF_TOKEN, or pass token=..."
+            f"{repo_id} is a gated repo and the request had no accepted token. Accept its licence and conditions at "
+            f"https://huggingface.co/{repo_id} (the licence page), then log in with `hf auth login` (older "
+            "huggingface_hub: `huggingface-cli login`), set HF_TOKEN, or pass token=..."
         ) from None
     except RevisionNotFoundError:
         raise ModelRevisionNotFoundError(

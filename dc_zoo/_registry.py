@@ -29,6 +29,9 @@ __all__ = [
 ]
 
 MODEL_SOURCES = ("hf-hub", "local-dir")
+TEXT_FAMILIES = ("stable_diffusion", "stable_diffusion_3", "stable_diffusion_xl")  # scored by prompts
+FLOW_FAMILIES = ("stable_diffusion_3",)  # trained with rectified flow: velocity target
+FLOW_PREDICTION = "flow_prediction"  # their prediction_type (diffusers' name for the velocity eps - x0)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -117,8 +120,15 @@ def _semantic_errors(data: Mapping[str, Any], where: str) -> list[str]:
     family = data.get("family")
     if family == "dit" and not data.get("num_classes"):
         errors.append(f"{where}: a class-conditional (dit) entry needs num_classes")
-    if family == "stable_diffusion" and not data.get("template"):
+    if family in TEXT_FAMILIES and not data.get("template"):
         errors.append(f"{where}: a text-conditional entry needs a prompt template")
+    flow = data.get("prediction_type") == FLOW_PREDICTION
+    if family in FLOW_FAMILIES and not flow:
+        errors.append(f"{where}: a {family} entry is a rectified-flow model; "
+                      f"set prediction_type to {FLOW_PREDICTION!r}")
+    if flow and family not in FLOW_FAMILIES:
+        errors.append(f"{where}: prediction_type {FLOW_PREDICTION!r} is for the rectified-flow families "
+                      f"{FLOW_FAMILIES}")
     if data.get("template") and "{}" not in data["template"] and "{c}" not in data["template"]:
         errors.append(f"{where}.template: {data['template']!r} has no '{{}}' placeholder")
     if data.get("recommended"):
@@ -283,7 +293,8 @@ def list_models(pattern: str | Iterable[str] = "", family: str | None = None) ->
 
     Args:
         pattern: fnmatch wildcard(s), e.g. ``"sd-2*"`` or ``["dit-*", "*mini"]``; empty lists all.
-        family: keep only ``"stable_diffusion"``, ``"dit"`` or ``"open_clip"`` entries.
+        family: keep only ``"stable_diffusion"``, ``"stable_diffusion_3"``, ``"stable_diffusion_xl"``,
+            ``"dit"`` or ``"open_clip"`` entries.
     """
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     patterns = [p for p in patterns if p]

@@ -45,7 +45,8 @@ def test_hub_ids_and_revision_well_formed(name):
         assert entry.location_note and ("unofficial" in entry.location_note or "mirror" in entry.location_note)
 
 
-DIFFUSION = list_models(family="stable_diffusion") + list_models(family="dit")
+DIFFUSION = [n for family in ("stable_diffusion", "stable_diffusion_xl", "stable_diffusion_3", "dit")
+             for n in list_models(family=family)]
 
 
 @pytest.mark.parametrize("name", DIFFUSION)
