@@ -323,15 +323,21 @@ def _optional_components(snapshot: _hub.Snapshot, model_index: Mapping[str, Any]
     return found
 
 
-def _load_component(snapshot: _hub.Snapshot, name: str, library: str, class_name: str, use_safetensors: bool):
-    """One component through its own class's ``from_pretrained`` (never an Auto class, never repo code)."""
+def _load_component(snapshot: _hub.Snapshot, name: str, library: str, class_name: str, use_safetensors: bool,
+                    dtype: torch.dtype | None = None):
+    """One component through its own class's ``from_pretrained`` (never an Auto class, never repo code).
+
+    Networks load straight in ``dtype``: no float32 copy of a large model, and the libraries keep the
+    layers their models must run in float32 (T5's ``wo``, ``_keep_in_fp32_modules``) in float32.
+    """
     cls = _component_class(snapshot, name, library, class_name)
     folder = snapshot.path / name
     kind = _COMPONENT_KINDS.get(name, (None, None))[1]
     try:
         if kind in ("SchedulerMixin", "PreTrainedTokenizerBase"):
             return cls.from_pretrained(str(folder))
-        return cls.from_pretrained(str(folder), use_safetensors=True if use_safetensors else None)
+        precision = {} if dtype is None else {"torch_dtype" if library == "diffusers" else "dtype": dtype}
+        return cls.from_pretrained(str(folder), use_safetensors=True if use_safetensors else None, **precision)
     except _hub.ZooHubError:
         raise
     except Exception as err:  # noqa: BLE001 - only the library errors that mean a damaged file are translated
@@ -442,6 +448,18 @@ def _calibration_for(entry: RegistryEntry, scoring: Any):
     return Calibration.from_dict(table[key]) if key in table else None
 
 
+def _load_dtype(entry: RegistryEntry, snapshot: _hub.Snapshot, component: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a component loads in: the run's, except an SDXL VAE that says ``force_upcast`` (it
+    overflows in float16), kept in float32 from its original weights (``backends/sdxl.py``)."""
+    if entry.family != "stable_diffusion_xl" or component != "vae" or dtype != torch.float16:
+        return dtype
+    try:
+        config = json.loads((snapshot.path / component / "config.json").read_text())
+    except (OSError, ValueError):
+        return torch.float32  # the loader names a missing or damaged config; until then, stay safe
+    return torch.float32 if config.get("force_upcast", True) else dtype
+
+
 def _device_and_dtype(entry: RegistryEntry, device, dtype) -> tuple[torch.device, torch.dtype]:
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = resolve_dtype(dtype)
@@ -496,12 +514,13 @@ def create_model(name: str, revision: str | None = None, device: str | torch.dev
     networks = spec.networks + tuple(n for n in spec.optional_networks if n in resolved.components)
     use_safetensors = _hub.check_weight_files(snapshot, networks, allow_pickle=allow_pickle)
     _hub.check_files_intact(snapshot, resolved.components)
-    parts = {c: _load_component(snapshot, c, lib, cls, use_safetensors) for c, (lib, cls) in resolved.components.items()}
+    device, dtype = _device_and_dtype(entry, device, dtype)
+    parts = {c: _load_component(snapshot, c, lib, cls, use_safetensors, _load_dtype(entry, snapshot, c, dtype))
+             for c, (lib, cls) in resolved.components.items()}
     scheduler = _checked_scheduler(entry, snapshot, parts["scheduler"])
     preprocess = preprocess or PreprocessConfig(size=entry.resolution, interpolation=entry.interpolation, crop=entry.crop)
     backend = _build_backend(entry, resolved, parts, scheduler, preprocess)
-    device, dtype = _device_and_dtype(entry, device, dtype)
-    backend = backend.to(device=device, dtype=dtype).eval()
+    backend = backend.to(device=device).eval()  # already in dtype (loaded so): no cast undoes the float32 layers
     if templates is None:
         templates = (entry.template,) if entry.template else ("{}",)
     classifier = DiffusionClassifier(backend, scoring=_scoring_for(entry, scoring), preprocess=preprocess,

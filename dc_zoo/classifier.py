@@ -59,14 +59,19 @@ class DiffusionClassifier:
         self._cache_identity: dict | None = None
         self._error_caches: dict[str, Any] = {}
         self._prefilters: dict[str, Any] = {}
+        self._latent_shape: tuple[Any, tuple[int, ...]] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pipeline(cls, pipe, **kwargs) -> "DiffusionClassifier":
-        """From a loaded diffusers pipeline (SD 1.x/2.x, SDXL, SD3/3.5 or DiT)."""
+        """From a loaded diffusers pipeline (SD 1.x/2.x, SDXL, SD3/3.5 or DiT).
+
+        The backend shares the pipeline's modules (no copies): casting the classifier casts the
+        pipeline, and an SDXL VAE in float16 is turned to float32 in place (it overflows in float16).
+        """
         from .backends import DiTBackend, StableDiffusion3Backend, StableDiffusionBackend, StableDiffusionXLBackend
 
-        if hasattr(pipe, "transformer") and hasattr(pipe, "text_encoder_2"):
+        if hasattr(pipe, "transformer") and hasattr(pipe, "text_encoder_3"):
             backend = StableDiffusion3Backend.from_pipeline(pipe)
         elif hasattr(pipe, "unet") and hasattr(pipe, "text_encoder_2"):
             backend = StableDiffusionXLBackend.from_pipeline(pipe)
@@ -221,6 +226,23 @@ class DiffusionClassifier:
             self._batch_size_cache[key] = batch_size_for_backend(self.backend, x0, conditions)
         return dataclasses.replace(scoring, batch_size=self._batch_size_cache[key].batch_size)
 
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The clean samples x0 of preprocessed pixels (``[B, 3, S, S]`` in [-1, 1]): given to the
+        backend in the model's channels and range (``PreprocessConfig.to_model_input``)."""
+        return self.backend.encode_images(self.preprocess.to_model_input(pixels.to(self.backend.device)))
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """The shape of one image's x0 (and eps) under this classifier's preprocessing, e.g. for
+        ``classify(..., noise=...)``: measured once by encoding a blank image."""
+        key = (self.preprocess, id(self.backend))
+        if self._latent_shape is None or self._latent_shape[0] != key:
+            size = int(self.preprocess.size)
+            with torch.inference_mode():
+                x0 = self.encode_pixels(torch.zeros(1, 3, size, size))
+            self._latent_shape = (key, tuple(int(v) for v in x0.shape[1:]))
+        return self._latent_shape[1]
+
     def score_pixels(self, pixels: torch.Tensor, candidates: CandidateSet, sample_keys: Sequence[Hashable],
                      scoring: ScoringConfig | None = None, noise: torch.Tensor | None = None,
                      on_batch=None) -> EngineResult:
@@ -228,8 +250,7 @@ class DiffusionClassifier:
         in the model's channels and range (``PreprocessConfig.to_model_input``)."""
         scoring = scoring or self.scoring
         # Pinned pixels (dc_zoo.prefetch) copy asynchronously; the engine reads them on the same stream.
-        model_pixels = self.preprocess.to_model_input(pixels.to(self.backend.device, non_blocking=pixels.is_pinned()))
-        x0 = self.backend.encode_images(model_pixels)
+        x0 = self.encode_pixels(pixels.to(self.backend.device, non_blocking=pixels.is_pinned()))
         conditions = self.encode_candidates(candidates)
         scoring = self.scoring_for(scoring, x0, conditions)
         mask = self.prefilter_mask(pixels, candidates, scoring.prefilter) if scoring.prefilter else None
@@ -305,7 +326,7 @@ class DiffusionClassifier:
                 e.g. ``(-1, 1)`` for diffusers-style tensors or ``(0, 255)`` for floats in 0..255.
             noise: the eps to use instead of the keyed noise, ``[N, n_timesteps, n_trials,
                 *latent_shape]`` for the plan of ``scoring`` (``ClassificationOutput.noise()`` of an
-                earlier result has this layout; ``backend.latent_shape`` is the last part). Scores
+                earlier result has this layout; ``clf.latent_shape`` is the last part). Scores
                 then depend on it, not on the seed; the error cache is not used.
 
         Returns:
@@ -422,12 +443,14 @@ def _condition_key(condition: Any) -> str:
 
 
 def _schedule_digest(schedule: Any) -> str:
-    """The noise schedule exactly: its class, its public settings and the bytes of its tensors
-    (private attributes, such as per-device copies made on first use, are caches, not settings)."""
+    """The noise schedule exactly: its class, its public settings (``settings()`` where it has one) and
+    the bytes of its tensors (private attributes, such as per-device copies made on first use, are
+    caches, not settings)."""
     import hashlib
 
     digest = hashlib.sha256(type(schedule).__name__.encode())
-    for name, value in sorted(vars(schedule).items()):
+    settings = schedule.settings() if hasattr(schedule, "settings") else vars(schedule)
+    for name, value in sorted(settings.items()):
         if name.startswith("_"):
             continue
         if isinstance(value, torch.Tensor):

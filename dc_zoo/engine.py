@@ -66,7 +66,8 @@ class EngineResult:
         sample_keys: the identity that each image's noise was drawn for.
         cached_evaluations: ``[N]`` of ``evaluations`` that the error cache answered (no network call).
         strategy: the JSON spec of the strategy that chose the pairs.
-        seed, n_trials, latent_shape: with ``sample_keys`` and ``plan``, what fixes every eps.
+        seed, n_trials, latent_shape: with ``sample_keys`` and ``plan``, what fixes every eps (``seed``
+            None when the caller supplied the eps).
     """
 
     candidate_errors: torch.Tensor
@@ -241,6 +242,7 @@ def score_candidates(
     device = x0.device
     R = int(config.n_trials)
     n_t = plan.num_timesteps
+    supplied_noise = noise is not None  # then the seed does not say which eps were used
     if error_cache is not None and noise is not None:
         raise ValueError("error_cache holds errors of the keyed noise; do not combine it with caller-supplied noise.")
     if noise is None:
@@ -282,7 +284,7 @@ def score_candidates(
             sample_keys=list(sample_keys),
             cached_evaluations=cached_evaluations,
             strategy=strategy.to_dict(),
-            seed=int(config.seed),
+            seed=None if supplied_noise else int(config.seed),
             n_trials=R,
             latent_shape=tuple(int(v) for v in x0.shape[1:]),
         )

@@ -95,6 +95,19 @@ class _LinearGaussianSchedule:
 
     prediction: str
     error_space: str
+    _LATER_DEFAULTS: dict[str, Any] = {}  # settings added after the first release, at their defaults
+
+    def settings(self) -> dict[str, Any]:
+        """The public settings that fix results (what a model identity hashes), without the fields
+        added after the first release while they hold their defaults, so identities and error
+        caches made before those fields existed still match."""
+        out = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        if out.get("error_space") == self.prediction:
+            out.pop("error_space")
+        for name, default in self._LATER_DEFAULTS.items():
+            if name in out and out[name] == default:
+                out.pop(name)
+        return out
 
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -243,6 +256,9 @@ class FlowMatchingSchedule(_LinearGaussianSchedule):
     spacing: str = "shifted"
     logit_mean: float = 0.0
     logit_std: float = 1.0
+
+    _LATER_DEFAULTS = {"prediction": "velocity", "clean_at": 0, "integer_time": False, "spacing": "shifted",
+                       "logit_mean": 0.0, "logit_std": 1.0}
 
     def __post_init__(self) -> None:
         for name in ("prediction", "error_space"):

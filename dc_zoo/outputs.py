@@ -57,8 +57,8 @@ class ClassificationOutput:
         from .noise import sample_noise
 
         if self.seed is None or self.latent_shape is None:
-            raise ValueError("This output does not record its seed and latent shape (it was built by hand); "
-                             "classify() outputs do.")
+            raise ValueError("This output was scored with caller-supplied noise (or built by hand), so no seed "
+                             "says which eps it used: keep the noise you passed to classify(..., noise=...).")
         return torch.stack([sample_noise(self.seed, key, self.timesteps, self.n_trials, self.latent_shape)
                             for key in self.sample_keys])
 

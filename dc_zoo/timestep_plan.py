@@ -93,7 +93,9 @@ class TimestepPlan:
         max_n = max(n_samples)
         if max_n > width:
             where = f"the window {tuple(window)} holds only {width}" if window is not None else f"the model has only {T}"
-            raise ValueError(f"n_samples asks for {max_n} timesteps; {where}.")
+            raise ValueError(f"n_samples asks for {max_n} timesteps; {where}: lower n_samples (or a strategy's "
+                             f"max_timesteps) to at most {width}" + (", or widen timestep_range." if window is not None
+                                                                   else "."))
         start = width // max_n // 2
         all_t = [low + t for t in range(start, width, width // max_n)][:max_n]
         evaluated: set[int] = set()

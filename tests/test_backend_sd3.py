@@ -328,3 +328,13 @@ def test_stock_clip_benchmark_runs_a_tiny_sd3_pipeline():
     assert model.stats.predictions == expected.predictions.tolist()
     assert metrics["acc1"] == pytest.approx(float((expected.predictions == torch.tensor(labels)).float().mean()))
     assert metrics["dc_evaluations_per_image"] == pytest.approx(float(expected.evaluations.float().mean()))
+
+
+def test_half_precision_loads_t5_with_its_float32_layers(saved):
+    """Networks load straight in the run's dtype, so transformers keeps T5's ``wo`` layers in float32
+    (T5 overflows in float16 without them) and no float32 copy of the model is ever made."""
+    clf = create_model(str(saved["t5"]), dtype="float16", scoring=FAST)
+    t5 = clf.backend.text_encoder_3
+    kept = [name for name, p in t5.named_parameters() if p.dtype == torch.float32]
+    assert kept and all(".wo." in name for name in kept)
+    assert clf.backend.transformer.dtype == torch.float16 and clf.backend.text_encoder.dtype == torch.float16

@@ -230,3 +230,12 @@ def test_from_pipeline_picks_the_backend_of_each_layout():
     assert isinstance(sdxl.backend, dc_zoo.StableDiffusionXLBackend)
     assert isinstance(sd3.backend, dc_zoo.StableDiffusion3Backend)
     assert type(sd.backend) is dc_zoo.StableDiffusionBackend
+
+
+def test_half_precision_loads_the_sdxl_vae_in_float32_from_its_weights(saved):
+    clf = create_model(f"local-dir:{saved['dir']}", dtype="float16", scoring=FAST)
+    assert clf.backend.unet.dtype == torch.float16 and clf.backend.vae.dtype == torch.float32
+    from diffusers import AutoencoderKL
+
+    original = AutoencoderKL.from_pretrained(saved["dir"] / "vae")  # float32, never rounded to float16
+    assert all(torch.equal(a, b) for a, b in zip(clf.backend.vae.state_dict().values(), original.state_dict().values()))

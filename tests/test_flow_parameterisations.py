@@ -181,14 +181,42 @@ def test_the_noise_of_a_result_scores_the_same_pairs_again(grey_x0_flow):
     clf = dc_zoo.DiffusionClassifier(backend, dc_zoo.ScoringConfig(n_samples=(4, 16), to_keep=(2, 1), batch_size=64),
                                      image_batch_size=3)
     out = clf.classify(images[:5], list(range(10)))
-    assert out.seed == 0 and out.n_trials == 1 and out.latent_shape == backend.latent_shape == (1, 8, 8)
+    assert out.seed == 0 and out.n_trials == 1 and out.latent_shape == clf.latent_shape == backend.latent_shape == (1, 8, 8)
     noise = out.noise()
     assert noise.shape == (5, 16, 1, 1, 8, 8)
     again = clf.classify(images[:5], list(range(10)), noise=noise)
     assert torch.equal(again.candidate_errors, out.candidate_errors)
+    with pytest.raises(ValueError, match="caller-supplied"):
+        again.noise()  # no seed says which eps a caller passed
     other = clf.classify(images[:5], list(range(10)), noise=torch.flip(noise, dims=[0]))
     assert not torch.equal(other.candidate_errors, out.candidate_errors)
     with pytest.raises(ValueError, match="one row per image"):
         clf.classify(images[:5], list(range(10)), noise=noise[:4])
     with pytest.raises(ValueError, match="expected"):
         clf.classify(images[:5], list(range(10)), noise=noise[:, :8])
+
+
+def test_default_schedules_keep_the_identity_they_had_before_the_new_settings():
+    """Model identities (error-cache namespaces) hash a schedule's settings: a default schedule must
+    hash as it did when it had only its original fields, or every existing cache would miss."""
+    import hashlib
+
+    from dc_zoo.classifier import _schedule_digest
+
+    def old_digest(name, fields):
+        digest = hashlib.sha256(name.encode())
+        for key, value in sorted(fields.items()):
+            if isinstance(value, torch.Tensor):
+                digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode() + value.view(torch.uint8).numpy().tobytes())
+            else:
+                digest.update(f"{key}={value!r}".encode())
+        return digest.hexdigest()
+
+    ddpm = DiscreteDiffusionSchedule.linear(prediction_type="v_prediction")
+    assert _schedule_digest(ddpm) == old_digest("DiscreteDiffusionSchedule", {
+        "alphas_cumprod": ddpm.alphas_cumprod, "prediction_type": "v_prediction"})
+    flow = FlowMatchingSchedule(shift=3.0)
+    assert _schedule_digest(flow) == old_digest("FlowMatchingSchedule", {
+        "num_train_timesteps": 1000, "shift": 3.0, "timestep_scale": 1000.0})
+    assert _schedule_digest(FlowMatchingSchedule(shift=3.0, error_space="x0")) != _schedule_digest(flow)
+    assert _schedule_digest(FlowMatchingSchedule(shift=3.0, clean_at=1)) != _schedule_digest(flow)

@@ -337,7 +337,7 @@ class DiffusionClassifierForClipBenchmark(nn.Module):
                            "a fraction of the cost.", len(keys), len(texts))
         backend = self.backend
         start = time.perf_counter()
-        x0 = backend.encode_images(pixels.to(backend.device))
+        x0 = self.classifier.encode_pixels(pixels.to(backend.device))
         conditions = backend.encode_conditions(texts)
         normalized = self.caption_score == "normalized"
         if normalized:

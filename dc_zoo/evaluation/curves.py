@@ -140,7 +140,8 @@ def _scoring(clf, fields: dict[str, Any], batch_size: int | str, seed: int) -> S
     """A point's scoring: the classifier's (its loss, trials) with the point's stages and strategy only."""
     import dataclasses
 
-    base = dataclasses.replace(clf.scoring, strategy=None, prefilter=None, max_evaluations=None)
+    base = dataclasses.replace(clf.scoring, strategy=None, prefilter=None, max_evaluations=None, timestep_weights=None,
+                               timestep_range=None)
     return dataclasses.replace(base, **fields, batch_size=batch_size, seed=seed)
 
 
@@ -225,6 +226,8 @@ def _cross_fitted_run(clf, images, labels: torch.Tensor, classes, scoring: Scori
     from types import SimpleNamespace
 
     N = len(images)
+    if N < 4:
+        raise ValueError(f"Cross-fitted weights need at least 4 images (2 per half), got {N}: raise --limit.")
     T = clf.backend.schedule.num_train_timesteps
     folds = [list(range(0, N, 2)), list(range(1, N, 2))]
     parts = []

@@ -270,7 +270,7 @@ def _resolve_auto_batch_size(ctx: DistributedContext, clf: DiffusionClassifier, 
                     raise ValueError(f"No image of {config.dataset} could be decoded, so batch_size='auto' has "
                                      "nothing to measure: check the dataset (see the warnings above).")
                 pixels = to_pixels([image], clf.preprocess).to(clf.backend.device)
-                x0 = clf.backend.encode_images(pixels)
+                x0 = clf.encode_pixels(pixels)
                 chosen = int(clf.scoring_for(scoring, x0, clf.encode_candidates(candidates)).batch_size)
         except Exception as err:  # noqa: BLE001 - every failure must reach the other ranks
             error = err

@@ -164,6 +164,9 @@ def fit_weight_table(timestep_errors: torch.Tensor, labels: Sequence[int], times
             raise ValueError(f"Bin {b} ([{edges[b]:.2f}, {edges[b + 1]:.2f}) of T) has no timestep: use fewer bins "
                              f"or a larger timestep pool ({n_t} timesteps for {bins} bins).")
         m = margins[:, cols].reshape(-1)
+        if m.numel() < 2:
+            raise ValueError(f"Bin {b} holds a single margin: a variance needs at least 2 (more images, a larger "
+                             "timestep pool or fewer bins).")
         values.append(max(float(m.mean()), 0.0) / max(float(m.var()), 1e-12))
     top = max(values)
     if top <= 0:
