@@ -5,6 +5,7 @@ Classifier", ICCV 2023 (arXiv 2303.16203).
 """
 from .backends import (DenoiserBackend, DiffusionBackend, DiTBackend, StableDiffusion3Backend, StableDiffusionBackend,
                        StableDiffusionXLBackend)
+from .backends import FluxBackend
 from .candidates import CandidateSet
 from .classifier import DiffusionClassifier
 from .config import PreprocessConfig, ScoringConfig
@@ -33,3 +34,4 @@ __all__ = [
     "DiffusionBackend", "StableDiffusionBackend", "StableDiffusion3Backend", "StableDiffusionXLBackend", "DiTBackend",
     "DenoiserBackend",
 ]
+__all__ += ["FluxBackend"]

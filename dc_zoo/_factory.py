@@ -3,7 +3,7 @@
 Three spellings (timm's ``_factory.py``): ``"sd-2-base"`` (a registry entry: its Hub location,
 pinned revision, preprocessing, template and stage schedule), ``"hf-hub:org/repo[@revision]"``
 (any diffusers StableDiffusionPipeline / StableDiffusion3Pipeline / StableDiffusionXLPipeline /
-DiTPipeline repo; the backend is read from model_index.json and the scheduler config) and
+DiTPipeline / FluxPipeline repo; the backend is read from model_index.json and the scheduler config) and
 ``"local-dir:/path"`` or a plain directory (a fine-tune or a merged LoRA saved with
 ``save_pretrained``). Optional components (SD3's T5: ``text_encoder_3`` / ``tokenizer_3``) load
 when model_index.json declares them and are left out when it says ``[null, null]`` or omits them.
@@ -36,8 +36,9 @@ import torch
 
 from . import _hub
 from ._registry import FLOW_PREDICTION, ModelName, RegistryEntry, find_entry_by_repo, get_entry, parse_model_name
-from .backends import (DiTBackend, StableDiffusion3Backend, StableDiffusionBackend, StableDiffusionXLBackend,
-                       resolve_dtype)
+from .backends import (DiTBackend, FluxBackend, StableDiffusion3Backend, StableDiffusionBackend,
+                       StableDiffusionXLBackend, resolve_dtype)
+from .backends.flux import DEFAULT_SAMPLE_SIZE as _FLUX_SAMPLE_SIZE
 from .classifier import DiffusionClassifier
 from .config import PreprocessConfig, ScoringConfig
 from .timestep_plan import TimestepPlan
@@ -89,6 +90,15 @@ FAMILIES: dict[str, FamilySpec] = {
         required=("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
         networks=("unet", "vae", "text_encoder", "text_encoder_2"),
         template="a photo of a {}.", n_samples=(50, 500), to_keep=(5, 1),
+    ),
+    # FLUX.1: CLIP-L (text_encoder, pooled output only) and T5-XXL (text_encoder_2) are both required; the
+    # pipeline's optional IP-adapter image_encoder / feature_extractor are never loaded (text-to-image scoring).
+    "flux": FamilySpec(
+        pipeline_classes=("FluxPipeline",),
+        required=("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
+        networks=("transformer", "vae", "text_encoder", "text_encoder_2"),
+        template="a photo of a {}.", n_samples=(50, 500), to_keep=(5, 1),
+        default_dtype="bfloat16",  # Black Forest Labs' and diffusers' dtype for FLUX.1
     ),
 }
 _LIBRARIES = ("diffusers", "transformers")  # the only modules a model_index.json may name
@@ -201,6 +211,8 @@ def _describe_unlisted(name: str, snapshot: _hub.Snapshot, model_index: Mapping[
     network = _hub.read_json_file(snapshot, root / spec.networks[0] / "config.json")
     factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
     resolution = int(network.get("sample_size") or 64) * factor
+    if family == "flux":  # FluxTransformer2DModel has no sample_size: FluxPipeline's default image size
+        resolution = _FLUX_SAMPLE_SIZE * factor
     num_classes = int(network["num_embeds_ada_norm"]) if family == "dit" else None
     flow = str(scheduler.get("_class_name", "")).startswith("FlowMatch")
     T = int(scheduler.get("num_train_timesteps", 1000))
@@ -396,6 +408,9 @@ def _build_backend(entry: RegistryEntry, resolved: ResolvedModel, parts: Mapping
         return StableDiffusion3Backend(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
                                        parts["text_encoder_2"], parts["tokenizer_2"], scheduler,
                                        parts.get("text_encoder_3"), parts.get("tokenizer_3"), preprocess)
+    if entry.family == "flux":
+        return FluxBackend(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
+                           parts["text_encoder_2"], parts["tokenizer_2"], scheduler, preprocess)
     if entry.family == "stable_diffusion_xl":
         force_zeros = resolved.model_index.get("force_zeros_for_empty_prompt", True)
         return StableDiffusionXLBackend(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],

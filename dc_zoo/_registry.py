@@ -32,6 +32,8 @@ MODEL_SOURCES = ("hf-hub", "local-dir")
 TEXT_FAMILIES = ("stable_diffusion", "stable_diffusion_3", "stable_diffusion_xl")  # scored by prompts
 FLOW_FAMILIES = ("stable_diffusion_3",)  # trained with rectified flow: velocity target
 FLOW_PREDICTION = "flow_prediction"  # their prediction_type (diffusers' name for the velocity eps - x0)
+TEXT_FAMILIES += ("flux",)  # FLUX.1 (FluxPipeline): prompts,
+FLOW_FAMILIES += ("flux",)  # and rectified flow (velocity eps - x0)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -295,6 +297,7 @@ def list_models(pattern: str | Iterable[str] = "", family: str | None = None) ->
         pattern: fnmatch wildcard(s), e.g. ``"sd-2*"`` or ``["dit-*", "*mini"]``; empty lists all.
         family: keep only ``"stable_diffusion"``, ``"stable_diffusion_3"``, ``"stable_diffusion_xl"``,
             ``"dit"`` or ``"open_clip"`` entries.
+            ``"flux"`` (FLUX.1) entries, too.
     """
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     patterns = [p for p in patterns if p]

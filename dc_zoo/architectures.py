@@ -14,6 +14,7 @@ import torch
 
 __all__ = ["ARCHITECTURES", "build_stable_diffusion", "build_dit", "build_sd3", "build_sdxl", "build_t5_tokenizer",
            "build_backend"]
+__all__ += ["build_flux"]
 
 _SD_VAE = dict(
     block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32,
@@ -144,6 +145,26 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
                        timestep_spacing="leading", steps_offset=1),
     ),
 }
+# FluxPipeline layout in miniature (black-forest-labs/FLUX.1-*: FluxTransformer2DModel over packed 2x2 patches,
+# CLIP-L's pooled output + T5-XXL hidden states, 16-channel VAE with shift 0.1159 / scale 0.3611). Tiny:
+# 4 latent channels (16 per packed token), 16 px -> 8x8 latents -> 16 image tokens; T5 over build_t5_tokenizer's
+# vocabulary. build_flux picks the schnell (no guidance embedding, static shift) or dev (guidance embedding,
+# dynamic shifting) variant of the transformer and scheduler.
+ARCHITECTURES["tiny-flux"] = dict(
+    family="flux",
+    transformer=dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                     num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
+                     axes_dims_rope=(4, 4, 8)),  # the rope axes sum to attention_head_dim
+    text_encoder=_TINY_CLIP_L,  # CLIPTextModel: its pooled output (width 16) is the pooled projection
+    text_encoder_2=dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, feed_forward_proj="gated-gelu",
+                        relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                        is_encoder_decoder=False),  # vocab_size: the tiny tokenizer's (build_t5_tokenizer)
+    vae=dict(_TINY_VAE, latent_channels=4, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+             use_post_quant_conv=False),
+    scheduler=dict(num_train_timesteps=1000, base_image_seq_len=256, max_image_seq_len=4096, base_shift=0.5,
+                   max_shift=1.15),
+    resolution=16,  # FluxTransformer2DModel has no sample_size; build_backend's preprocess size
+)
 
 
 def _arch(name: str) -> dict[str, Any]:
@@ -284,6 +305,45 @@ def build_sdxl(name: str = "tiny-sdxl", seed: int = 0, prediction_type: str = "e
                 tokenizer_2=tokenizer, scheduler=scheduler)
 
 
+def build_flux(name: str = "tiny-flux", seed: int = 0, guidance_embeds: bool = False,
+               dynamic_shifting: bool = False, tokenizer=None) -> dict[str, Any]:
+    """Random-weight FluxPipeline components, seeded per component.
+
+    Args:
+        guidance_embeds: give the transformer FLUX.1 [dev]'s distilled-guidance embedding
+            (schnell has none).
+        dynamic_shifting: a scheduler that shifts its noise levels by resolution
+            (``use_dynamic_shifting``, shift 3.0: FLUX.1 [dev]'s config); else static shift 1.0.
+        tokenizer: the CLIP tokenizer (default: the real one, built offline); T5's is
+            ``build_t5_tokenizer()``.
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    arch = _arch(name)
+    if arch["family"] != "flux":
+        raise ValueError(f"{name!r} is a {arch['family']} architecture; build_flux builds "
+                         f"{[n for n, a in ARCHITECTURES.items() if a['family'] == 'flux']}.")
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(**arch["transformer"], guidance_embeds=guidance_embeds).eval()
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**arch["vae"]).eval()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**arch["text_encoder"])).eval()
+    tokenizer = tokenizer if tokenizer is not None else _default_clip_tokenizer()
+    tokenizer_2 = build_t5_tokenizer()
+    config = dict(arch["text_encoder_2"])
+    config.setdefault("vocab_size", len(tokenizer_2))
+    torch.manual_seed(seed)
+    text_encoder_2 = T5EncoderModel(T5Config(**config, pad_token_id=0, eos_token_id=1,
+                                             decoder_start_token_id=0)).eval()
+    with torch.device("cpu"):
+        scheduler = FlowMatchEulerDiscreteScheduler(**arch["scheduler"], use_dynamic_shifting=dynamic_shifting,
+                                                    shift=3.0 if dynamic_shifting else 1.0)
+    return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, scheduler=scheduler)
+
+
 def build_backend(name: str, seed: int = 0, device: str | torch.device | None = None, **kwargs):
     """A random-weight backend of architecture ``name`` (keyword arguments go to its builder).
 
@@ -298,7 +358,16 @@ def build_backend(name: str, seed: int = 0, device: str | torch.device | None = 
     backends = {"dit": (DiTBackend, build_dit), "stable_diffusion_3": (StableDiffusion3Backend, build_sd3),
                 "stable_diffusion_xl": (StableDiffusionXLBackend, build_sdxl),
                 "stable_diffusion": (StableDiffusionBackend, build_stable_diffusion)}
+    from .backends import FluxBackend
+
+    backends["flux"] = (FluxBackend, build_flux)
     backend_class, builder = backends[_arch(name)["family"]]
+    if _arch(name)["family"] == "flux":  # the preprocess size fixes FLUX's token count (and shift)
+        from .config import PreprocessConfig
+
+        with torch.device(device) if device is not None else nullcontext():
+            parts = builder(name, seed, **kwargs)
+        return backend_class(**parts, preprocess=PreprocessConfig(size=_arch(name)["resolution"]))
     with torch.device(device) if device is not None else nullcontext():
         parts = builder(name, seed, **kwargs)
     return backend_class(**parts)  # outside the device context: the schedule's tables stay on the CPU

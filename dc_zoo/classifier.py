@@ -71,7 +71,11 @@ class DiffusionClassifier:
         """
         from .backends import DiTBackend, StableDiffusion3Backend, StableDiffusionBackend, StableDiffusionXLBackend
 
-        if hasattr(pipe, "transformer") and hasattr(pipe, "text_encoder_3"):
+        if type(pipe).__name__.startswith("Flux"):  # FluxPipeline (FLUX.1): before the others' attribute tests
+            from .backends import FluxBackend
+
+            backend = FluxBackend.from_pipeline(pipe)
+        elif hasattr(pipe, "transformer") and hasattr(pipe, "text_encoder_3"):
             backend = StableDiffusion3Backend.from_pipeline(pipe)
         elif hasattr(pipe, "unet") and hasattr(pipe, "text_encoder_2"):
             backend = StableDiffusionXLBackend.from_pipeline(pipe)
@@ -82,7 +86,8 @@ class DiffusionClassifier:
         else:
             raise ValueError(
                 f"No backend supports pipeline {type(pipe).__name__}; supported: StableDiffusionPipeline-, "
-                "StableDiffusionXLPipeline-, StableDiffusion3Pipeline- and DiTPipeline-layout models (wrap any other "
+                "StableDiffusionXLPipeline-, StableDiffusion3Pipeline-, FluxPipeline- and DiTPipeline-layout models "
+                "(wrap any other "
                 "denoiser in dc_zoo.DenoiserBackend)."
             )
         return cls(backend, **kwargs)

@@ -121,7 +121,7 @@ def add_list_parser(subparsers) -> argparse.ArgumentParser:
                                    "input size, Hub location, cost per image and whether the weights are on this machine.")
     parser.add_argument("pattern", nargs="?", default="", help="wildcard on names, e.g. 'sd-*' or '*mini'")
     parser.add_argument("--family", choices=("stable_diffusion", "stable_diffusion_xl", "stable_diffusion_3", "dit",
-                                             "open_clip"), default=None,
+                                             "open_clip", "flux"), default=None,
                         help="only models of this family")
     parser.set_defaults(func=run_list)
     return parser

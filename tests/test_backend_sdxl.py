@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import dc_zoo
+from test_engine_equivalence import reference_plan  # the paper's plan, written from the paper
 from dc_zoo import _hub
 from dc_zoo._factory import create_model
 from dc_zoo._registry import get_entry, list_models
@@ -54,18 +55,6 @@ def saved(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- the engine against a plain loop
-def reference_plan(T, n_samples):
-    """The paper's plan (../shared/REFERENCE.md): the timesteps evaluated per stage."""
-    max_n = max(n_samples)
-    t_to_eval = list(range(T // max_n // 2, T, T // max_n))[:max_n]
-    stages, evaluated = [], set()
-    for n in n_samples:
-        ts = [t for t in t_to_eval[len(t_to_eval) // n // 2 :: len(t_to_eval) // n][:n] if t not in evaluated]
-        evaluated.update(ts)
-        stages.append(ts)
-    return t_to_eval, stages
-
-
 def reference_classify(unet, abar, x0, embeds, pooled, time_ids, noise, n_samples, to_keep, target_kind):
     """One image, one (candidate, timestep) at a time, noised by hand with the scheduler's alphas_cumprod."""
     t_to_eval, stages = reference_plan(abar.numel(), n_samples)

@@ -45,7 +45,7 @@ def test_hub_ids_and_revision_well_formed(name):
         assert entry.location_note and ("unofficial" in entry.location_note or "mirror" in entry.location_note)
 
 
-DIFFUSION = [n for family in ("stable_diffusion", "stable_diffusion_xl", "stable_diffusion_3", "dit")
+DIFFUSION = [n for family in ("stable_diffusion", "stable_diffusion_xl", "stable_diffusion_3", "dit", "flux")
              for n in list_models(family=family)]
 
 
