@@ -47,10 +47,18 @@ def test_strategy_prefilter_budget_and_cache_through_dc_zoo_eval(digits_root, tm
     assert other.returncode == 2 and "strategy" in other.stderr
 
 
-def test_bad_strategy_and_prefilter_options_are_one_line_errors(digits_root, tmp_path):
-    bad = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "c", "--strategy", "bandit"))
-    assert bad.returncode == 2 and "Unknown strategy 'bandit'" in bad.stderr and "Traceback" not in bad.stderr
-    bad = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "c", "--prefilter", "clip-digits-mini"))
-    assert bad.returncode == 2 and "MODEL:K" in bad.stderr
-    bad = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "c", "--timestep-weights", "cosine"))
-    assert bad.returncode == 2 and "Unknown timestep weighting 'cosine'" in bad.stderr and "Traceback" not in bad.stderr
+def test_bad_strategy_and_prefilter_options_are_one_line_errors(digits_root, tmp_path, capsys):
+    """In process (the command's main, as ``python -m dc_zoo.evaluation`` calls it): one line, status 2."""
+    import pytest
+
+    from dc_zoo.evaluation.command import main
+
+    assert main(eval_args("dit-digits-mini", digits_root, tmp_path / "c", "--strategy", "bandit")) == 2
+    err = capsys.readouterr().err
+    assert "Unknown strategy 'bandit'" in err and "Traceback" not in err
+    assert main(eval_args("dit-digits-mini", digits_root, tmp_path / "c", "--timestep-weights", "cosine")) == 2
+    err = capsys.readouterr().err
+    assert "Unknown timestep weighting 'cosine'" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as stop:
+        main(eval_args("dit-digits-mini", digits_root, tmp_path / "c", "--prefilter", "clip-digits-mini"))
+    assert stop.value.code == 2 and "MODEL:K" in capsys.readouterr().err
