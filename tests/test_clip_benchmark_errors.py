@@ -96,12 +96,21 @@ def _error_line(out: subprocess.CompletedProcess, status: int) -> str:
 @pytest.mark.parametrize("how, scoring, fragments", [
     ("stock", "{n_samples: 10}", ["DC_ZOO_SCORING must be a JSON object", "'{n_samples: 10}'"]),
     ("module", '{"n_sample": [10, 50]}', ["DC_ZOO_SCORING has unknown keys ['n_sample']", "valid keys"]),
-    ("stock", '{"n_samples": [10, 50], "to_keep": [3]}', ["n_samples (10, 50) and to_keep (3,)", "same length"]),
 ])
 def test_bad_scoring_ends_in_one_line_and_usage_status(workdir, how, scoring, fragments):
     line = _error_line(_run(how, _eval(), workdir, scoring=scoring), 2)
     for fragment in fragments:
         assert fragment in line, line
+
+
+def test_a_scoring_the_stages_refuse_is_named_before_any_image(monkeypatch):
+    """The same path in process: the loader that clip_benchmark calls turns DC_ZOO_SCORING into the
+    entry's ScoringConfig, whose message names both fields (the CLI prints it as the two cases above)."""
+    from dc_zoo.clip_benchmark.registration import SCORING_ENV, load_diffusion_classifier
+
+    monkeypatch.setenv(SCORING_ENV, '{"n_samples": [10, 50], "to_keep": [3]}')
+    with pytest.raises(ValueError, match=r"n_samples \(10, 50\) and to_keep \(3,\).*same length"):
+        load_diffusion_classifier(pretrained="sd-digits-mini")
 
 
 @pytest.mark.parametrize("how", ["stock", "module"])

@@ -9,7 +9,10 @@ from _eval_fixtures import digits_root, eval_args, read_results, run_eval  # noq
 SEQUENTIAL = json.dumps({"name": "sequential", "alpha": 0.05, "chunk": 5, "max_timesteps": 50})
 
 
-def test_strategy_prefilter_budget_and_cache_through_dc_zoo_eval(digits_root, tmp_path):
+def test_strategy_prefilter_budget_and_cache_through_dc_zoo_eval(digits_root, tmp_path, capsys):
+    """The first run as a user types it (a process of its own); the rerun and the refusal in process."""
+    from dc_zoo.evaluation.command import main
+
     cache = tmp_path / "errors.sqlite"
     extra = ["--strategy", SEQUENTIAL, "--prefilter", "clip-digits-mini:3", "--max-evaluations", "120",
              "--n-samples", "50", "--to-keep", "1", "--error-cache", str(cache), "--timestep-weights", "sine",
@@ -35,16 +38,16 @@ def test_strategy_prefilter_budget_and_cache_through_dc_zoo_eval(digits_root, tm
     stored = rows()
     assert stored > 0
     # the same run into another folder: every error comes from the cache (no new row), the records agree
-    second = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "b", *extra))
-    assert second.returncode == 0, second.stderr
+    assert main(eval_args("dit-digits-mini", digits_root, tmp_path / "b", *extra)) == 0
     _, again = read_results(tmp_path / "b")
     assert [(s["prediction"], s["evaluations"]) for s in again] == [(s["prediction"], s["evaluations"]) for s in samples]
     assert [s["errors"] for s in again] == [s["errors"] for s in samples]
     assert rows() == stored
     # another strategy in the first folder is another run: refused, naming the field
-    other = run_eval(eval_args("dit-digits-mini", digits_root, tmp_path / "a", "--n-samples", "50", "--to-keep", "1",
-                               "--prefilter", "clip-digits-mini:3", "--max-evaluations", "120"))
-    assert other.returncode == 2 and "strategy" in other.stderr
+    capsys.readouterr()
+    assert main(eval_args("dit-digits-mini", digits_root, tmp_path / "a", "--n-samples", "50", "--to-keep", "1",
+                          "--prefilter", "clip-digits-mini:3", "--max-evaluations", "120")) == 2
+    assert "strategy" in capsys.readouterr().err
 
 
 def test_bad_strategy_and_prefilter_options_are_one_line_errors(digits_root, tmp_path, capsys):

@@ -22,12 +22,13 @@ from dc_zoo._registry import get_entry, list_models
 pytest.importorskip("matplotlib", reason="the glyph lab draws with matplotlib's bundled fonts (pip install dc_zoo[lab])")
 
 LAB_MODELS = ("sd-glyphs-mini", "dit-glyphs-mini", "clip-glyphs-mini", "sd-relations-mini", "clip-relations-mini")
-# Glyph slice: every 10th test image (62 images of 31 classes, held-out fonts), one stage of
+# Glyph slice: every 20th test image (31 images, held-out fonts; 62 classes), one stage of
 # SLICE_TIMESTEPS timesteps. Measured at commit time on this slice (see MEASURED); floors below.
+# (Every 10th image, 62: sd 29, dit 22 correct; the first glyph miniatures, 1,200 steps on 64
+# images per class, scored 1 and 11 there.)
 SLICE_TIMESTEPS = 10
-# (The first glyph miniatures, 1,200 steps on 64 images per class, scored 1 and 11 here.)
-MEASURED = {"sd-glyphs-mini": 29, "dit-glyphs-mini": 22}  # correct of 62 (chance: 1)
-GLYPH_FLOORS = {"sd-glyphs-mini": 24, "dit-glyphs-mini": 18}  # correct of 62
+MEASURED = {"sd-glyphs-mini": 12, "dit-glyphs-mini": 10}  # correct of 31 (chance: 0.5)
+GLYPH_FLOORS = {"sd-glyphs-mini": 9, "dit-glyphs-mini": 7}  # correct of 31
 CLIP_GLYPHS_FLOOR = 0.26  # measured 0.2984 on the 620 test images
 # Winoground-form text score (chance: 0.25): clip 0.55 on the 200 examples; sd 0.39 at 50 timesteps.
 WINOGROUND_SLICE = 60
@@ -49,7 +50,7 @@ def _glyph_slice():
     from dc_zoo.glyphs import load_glyphs_split
 
     images, labels = load_glyphs_split("test")
-    return images[::10], labels[::10]
+    return images[::20], labels[::20]
 
 
 @pytest.mark.parametrize("name", ["sd-glyphs-mini", "dit-glyphs-mini"])
