@@ -150,6 +150,23 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 # 4 latent channels (16 per packed token), 16 px -> 8x8 latents -> 16 image tokens; T5 over build_t5_tokenizer's
 # vocabulary. build_flux picks the schnell (no guidance embedding, static shift) or dev (guidance embedding,
 # dynamic shifting) variant of the transformer and scheduler.
+# black-forest-labs/FLUX.1-schnell: transformer/config.json (12B: 19 double- and 38 single-stream blocks), CLIP-L,
+# T5-XXL, the 16-channel VAE; schnell's scheduler has a static shift of 1.
+ARCHITECTURES["flux-1-schnell"] = dict(
+    family="flux",
+    transformer=dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                     num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                     axes_dims_rope=(16, 56, 56)),
+    text_encoder=_CLIP_L,
+    text_encoder_2=dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                        feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
+                        relative_attention_max_distance=128, is_encoder_decoder=False),
+    vae=dict(_SD_VAE, latent_channels=16, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+             use_quant_conv=False, use_post_quant_conv=False),
+    scheduler=dict(num_train_timesteps=1000, base_image_seq_len=256, max_image_seq_len=4096, base_shift=0.5,
+                   max_shift=1.15),
+    resolution=1024,
+)
 ARCHITECTURES["tiny-flux"] = dict(
     family="flux",
     transformer=dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,

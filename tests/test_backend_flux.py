@@ -224,3 +224,20 @@ def test_flux_1_schnell_entry():
     assert list_models(family="flux") == ["flux-1-schnell"] and "flux" in FAMILIES
     with pytest.raises(RegistryValidationError, match="set prediction_type to 'flow_prediction'"):
         validate_entry(dict(entry.to_dict(), prediction_type="epsilon"), entry.name)
+
+
+def test_the_benchmark_counts_flux_flops_on_the_meta_device():
+    """FLUX.1-schnell at 1024 px: ~8.8B parameters that see every token (the rest modulate per image)
+    x 2 FLOPs x (4096 image + 256 text tokens) ~ 77 TFLOP, attention included; the meta count must
+    equal a real forward pass on the tiny model."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import throughput
+
+    backend = dc_zoo.architectures.build_backend("tiny-flux")
+    x0 = backend.encode_images(torch.zeros(1, 3, 16, 16))
+    real = throughput.flops_per_eval(backend, x0, backend.encode_conditions(["a photo of a cat."]))
+    assert throughput.meta_flops_per_eval("tiny-flux") == real > 0
+    assert 6e13 < throughput.meta_flops_per_eval("flux-1-schnell") < 8e13
