@@ -43,8 +43,8 @@ setup(
         # torch/torchvision: any release the machine provides; the engine needs SDPA (2.1+).
         "torch>=2.1",
         "torchvision>=0.16",
-        "diffusers>=0.30,<0.50",
-        "transformers>=4.40",
+        "diffusers>=0.31,<0.50",  # 0.31: FLUX's unbatched position ids
+        "transformers>=4.56",  # 4.56: from_pretrained(dtype=...)
         "huggingface_hub>=0.24",
         "safetensors>=0.4",
         "accelerate>=0.30",

@@ -41,8 +41,9 @@ _PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 # Never needed to classify: original-format checkpoints, other frameworks, fp16/EMA duplicates, NSFW filter.
 _IGNORE = ["*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.ot", "*fp16*", "*non_ema*",
            "*.png", "*.jpg", "safety_checker/*", "feature_extractor/*",
-           # single-file checkpoints beside the diffusers folders (SDXL ~7 GB, SD3/3.5 up to 16 GB): never read
-           "sd_xl_*.safetensors", "sd3*.safetensors", "text_encoders/*"]
+           # single-file checkpoints beside the diffusers folders (SDXL ~7 GB, SD3/3.5 up to 16 GB, FLUX.1 ~24 GB):
+           # never read
+           "sd_xl_*.safetensors", "sd3*.safetensors", "text_encoders/*", "flux1-*.safetensors", "ae.safetensors"]
 
 
 class ZooHubError(OSError):

@@ -64,32 +64,34 @@ class DiffusionClassifier:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pipeline(cls, pipe, **kwargs) -> "DiffusionClassifier":
-        """From a loaded diffusers pipeline (SD 1.x/2.x, SDXL, SD3/3.5 or DiT).
+        """From a loaded diffusers pipeline (SD 1.x/2.x, SDXL, SD3/3.5, FLUX.1 or DiT).
 
         The backend shares the pipeline's modules (no copies): casting the classifier casts the
         pipeline, and an SDXL VAE in float16 is turned to float32 in place (it overflows in float16).
         """
         from .backends import DiTBackend, StableDiffusion3Backend, StableDiffusionBackend, StableDiffusionXLBackend
 
-        if type(pipe).__name__.startswith("Flux"):  # FluxPipeline (FLUX.1): before the others' attribute tests
-            from .backends import FluxBackend
+        from .backends import FluxBackend
 
-            backend = FluxBackend.from_pipeline(pipe)
+        name = type(pipe).__name__
+        if name.startswith("Flux") and not name.startswith("Flux2") and hasattr(pipe, "text_encoder_2"):
+            family = FluxBackend  # FLUX.1's FluxPipeline: before the attribute tests the others share
         elif hasattr(pipe, "transformer") and hasattr(pipe, "text_encoder_3"):
-            backend = StableDiffusion3Backend.from_pipeline(pipe)
+            family = StableDiffusion3Backend
         elif hasattr(pipe, "unet") and hasattr(pipe, "text_encoder_2"):
-            backend = StableDiffusionXLBackend.from_pipeline(pipe)
+            family = StableDiffusionXLBackend
         elif hasattr(pipe, "unet") and hasattr(pipe, "text_encoder"):
-            backend = StableDiffusionBackend.from_pipeline(pipe)
+            family = StableDiffusionBackend
         elif hasattr(pipe, "transformer") and getattr(pipe.transformer.config, "num_embeds_ada_norm", None):
-            backend = DiTBackend.from_pipeline(pipe)
+            family = DiTBackend
         else:
             raise ValueError(
-                f"No backend supports pipeline {type(pipe).__name__}; supported: StableDiffusionPipeline-, "
-                "StableDiffusionXLPipeline-, StableDiffusion3Pipeline-, FluxPipeline- and DiTPipeline-layout models "
-                "(wrap any other "
-                "denoiser in dc_zoo.DenoiserBackend)."
+                f"No backend supports pipeline {name}; supported: StableDiffusionPipeline-, StableDiffusionXLPipeline-, "
+                "StableDiffusion3Pipeline-, FluxPipeline- and DiTPipeline-layout models (wrap any other denoiser in "
+                "dc_zoo.DenoiserBackend)."
             )
+        # the backend gets the classifier's preprocessing too: SDXL's size conditioning and FLUX's shift follow it
+        backend = family.from_pipeline(pipe, kwargs.get("preprocess"))
         return cls(backend, **kwargs)
 
     @classmethod

@@ -227,8 +227,9 @@ def test_flux_1_schnell_entry():
 
 
 def test_the_benchmark_counts_flux_flops_on_the_meta_device():
-    """FLUX.1-schnell at 1024 px: ~8.8B parameters that see every token (the rest modulate per image)
-    x 2 FLOPs x (4096 image + 256 text tokens) ~ 77 TFLOP, attention included; the meta count must
+    """FLUX.1-schnell at 1024 px: ~6.5B parameters applied to each token (each double-stream token
+    goes through one stream; the modulation layers act once per image) x 2 FLOPs x (4096 image +
+    256 text tokens) ~ 56 TFLOP of matrix work, plus ~13 TFLOP of attention; the meta count must
     equal a real forward pass on the tiny model."""
     import sys
     from pathlib import Path
@@ -241,3 +242,36 @@ def test_the_benchmark_counts_flux_flops_on_the_meta_device():
     real = throughput.flops_per_eval(backend, x0, backend.encode_conditions(["a photo of a cat."]))
     assert throughput.meta_flops_per_eval("tiny-flux") == real > 0
     assert 6e13 < throughput.meta_flops_per_eval("flux-1-schnell") < 8e13
+
+
+def test_a_resolution_shifted_scheduler_follows_the_classifiers_size_or_refuses():
+    """FLUX.1 [dev]'s noise levels depend on the image's token count: a backend fixed for 16 px must
+    not silently score 32 px images, and from_pipeline hands the classifier's size to the backend."""
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    scoring = dc_zoo.ScoringConfig(n_samples=(2,), to_keep=(1,), batch_size=8)
+    big = dc_zoo.PreprocessConfig(size=32)
+    fixed = dc_zoo.DiffusionClassifier(dc_zoo.FluxBackend(**tiny_flux(variant="dev")), scoring, preprocess=big)
+    with pytest.raises(ValueError, match=r"PreprocessConfig\(size=32\)"):
+        fixed.classify(images, CLASSES)
+    clf = dc_zoo.DiffusionClassifier.from_pipeline(pipeline_of(tiny_flux(variant="dev")), scoring=scoring,
+                                                   preprocess=big)
+    assert clf.backend.preprocess.size == 32 and clf.backend.image_seq_len == clf.latent_shape[0] == 64
+    assert clf.classify(images, CLASSES).predictions.shape == (1,)
+    schnell = dc_zoo.DiffusionClassifier(dc_zoo.FluxBackend(**tiny_flux()), scoring, preprocess=big)
+    assert schnell.classify(images, CLASSES).predictions.shape == (1,)  # a static shift fits every size
+
+
+def test_hub_downloads_skip_the_single_file_checkpoints_beside_the_diffusers_folders():
+    from fnmatch import fnmatch
+
+    from dc_zoo._hub import _IGNORE
+
+    def skipped(path):
+        return any(fnmatch(path, pattern) for pattern in _IGNORE)
+
+    for path in ("flux1-schnell.safetensors", "ae.safetensors", "sd_xl_base_1.0.safetensors",
+                 "sd3.5_large.safetensors", "text_encoders/t5xxl_fp16.safetensors"):
+        assert skipped(path), path
+    for path in ("transformer/diffusion_pytorch_model-00001-of-00003.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                 "text_encoder_2/model-00001-of-00002.safetensors", "text_encoder/model.safetensors", "model_index.json"):
+        assert not skipped(path), path

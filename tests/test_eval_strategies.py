@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from _eval_fixtures import digits_root, eval_args, read_results, run_eval  # noqa: F401 - fixtures
+from _eval_fixtures import digits_root, eval_args, eval_in_process, read_results, run_eval  # noqa: F401 - fixtures
 
 SEQUENTIAL = json.dumps({"name": "sequential", "alpha": 0.05, "chunk": 5, "max_timesteps": 50})
 
 
 def test_strategy_prefilter_budget_and_cache_through_dc_zoo_eval(digits_root, tmp_path, capsys):
-    """The first run as a user types it (a process of its own); the rerun and the refusal in process."""
-    from dc_zoo.evaluation.command import main
+    """The first run as a user types it (a process of its own); the rerun and the refusal in process
+    (one thread, as the subprocess: CPU scores, hence the cache's namespace, depend on the thread count)."""
 
     cache = tmp_path / "errors.sqlite"
     extra = ["--strategy", SEQUENTIAL, "--prefilter", "clip-digits-mini:3", "--max-evaluations", "120",
@@ -38,15 +38,15 @@ def test_strategy_prefilter_budget_and_cache_through_dc_zoo_eval(digits_root, tm
     stored = rows()
     assert stored > 0
     # the same run into another folder: every error comes from the cache (no new row), the records agree
-    assert main(eval_args("dit-digits-mini", digits_root, tmp_path / "b", *extra)) == 0
+    assert eval_in_process(eval_args("dit-digits-mini", digits_root, tmp_path / "b", *extra)) == 0
     _, again = read_results(tmp_path / "b")
     assert [(s["prediction"], s["evaluations"]) for s in again] == [(s["prediction"], s["evaluations"]) for s in samples]
     assert [s["errors"] for s in again] == [s["errors"] for s in samples]
     assert rows() == stored
     # another strategy in the first folder is another run: refused, naming the field
     capsys.readouterr()
-    assert main(eval_args("dit-digits-mini", digits_root, tmp_path / "a", "--n-samples", "50", "--to-keep", "1",
-                          "--prefilter", "clip-digits-mini:3", "--max-evaluations", "120")) == 2
+    assert eval_in_process(eval_args("dit-digits-mini", digits_root, tmp_path / "a", "--n-samples", "50", "--to-keep",
+                                     "1", "--prefilter", "clip-digits-mini:3", "--max-evaluations", "120")) == 2
     assert "strategy" in capsys.readouterr().err
 
 
@@ -54,8 +54,7 @@ def test_bad_strategy_and_prefilter_options_are_one_line_errors(digits_root, tmp
     """In process (the command's main, as ``python -m dc_zoo.evaluation`` calls it): one line, status 2."""
     import pytest
 
-    from dc_zoo.evaluation.command import main
-
+    main = eval_in_process
     assert main(eval_args("dit-digits-mini", digits_root, tmp_path / "c", "--strategy", "bandit")) == 2
     err = capsys.readouterr().err
     assert "Unknown strategy 'bandit'" in err and "Traceback" not in err

@@ -135,6 +135,7 @@ class FluxBackend(DiffusionBackend):
         self.text_chunk_size = int(text_chunk_size)
         self.image_seq_len = (size // self._vae_factor // 2) ** 2
         shift, mu = flux_static_shift(scheduler, self.image_seq_len)
+        self._shift_by_resolution = mu is not None
         self.schedule = FlowMatchingSchedule(num_train_timesteps=int(scheduler.config.get("num_train_timesteps", 1000)),
                                              shift=shift, timestep_scale=1.0)
         if mu is not None:
@@ -164,6 +165,15 @@ class FluxBackend(DiffusionBackend):
         if height != width or height % 2:
             raise ValueError(f"FLUX packs 2x2 patches of square latents; got a {height}x{width} latent (the image "
                              f"side must be a multiple of {2 * self._vae_factor}).")
+        if self._shift_by_resolution and (height // 2) * (width // 2) != self.image_seq_len:
+            side = int(self.image_seq_len ** 0.5) * 2 * self._vae_factor
+            raise ValueError(
+                f"This FLUX scheduler shifts its noise levels by resolution and the backend fixed its shift for "
+                f"{side} px ({self.image_seq_len} image tokens), but the images are {height * self._vae_factor} px "
+                f"({(height // 2) * (width // 2)} tokens): build the backend with the classifier's preprocessing, "
+                f"FluxBackend(..., preprocess=PreprocessConfig(size={height * self._vae_factor})) or "
+                f"DiffusionClassifier.from_pipeline(pipe, preprocess=...), which passes it on."
+            )
         return self._pipeline._pack_latents(latents, batch, channels, height, width)
 
     @torch.inference_mode()
