@@ -223,6 +223,27 @@ def build_dit(name: str = "tiny-dit", seed: int = 0) -> dict[str, Any]:
     return dict(transformer=transformer, vae=vae, scheduler=scheduler)
 
 
+def _arch_of_family(name: str, family: str, builder: str) -> dict[str, Any]:
+    """Architecture ``name``, refused (naming the ones that fit) when ``builder`` does not build its family."""
+    arch = _arch(name)
+    if arch["family"] != family:
+        raise ValueError(f"{name!r} is a {arch['family']} architecture; {builder} builds "
+                         f"{[n for n, a in ARCHITECTURES.items() if a['family'] == family]}.")
+    return arch
+
+
+def _t5_encoder(config: dict[str, Any], seed: int):
+    """A T5EncoderModel of ``config`` and the offline T5 tokenizer (``build_t5_tokenizer``); the tiny
+    models take the tokenizer's vocabulary size, the full-size ones T5's (its ids stay below it)."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = build_t5_tokenizer()
+    config = {"vocab_size": len(tokenizer), **config}
+    torch.manual_seed(seed)
+    encoder = T5EncoderModel(T5Config(**config, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
+    return encoder, tokenizer
+
+
 def _default_clip_tokenizer():
     import tempfile
     from pathlib import Path
@@ -264,12 +285,9 @@ def build_sd3(name: str = "tiny-sd3", seed: int = 0, t5: bool = False, tokenizer
         tokenizer: the CLIP tokenizer for both CLIP towers (default: the real one, built offline).
     """
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    arch = _arch(name)
-    if arch["family"] != "stable_diffusion_3":
-        raise ValueError(f"{name!r} is a {arch['family']} architecture; build_sd3 builds "
-                         f"{[n for n, a in ARCHITECTURES.items() if a['family'] == 'stable_diffusion_3']}.")
+    arch = _arch_of_family(name, "stable_diffusion_3", "build_sd3")
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(**arch["transformer"]).eval()
     torch.manual_seed(seed)
@@ -281,15 +299,7 @@ def build_sd3(name: str = "tiny-sd3", seed: int = 0, t5: bool = False, tokenizer
     tokenizer = tokenizer if tokenizer is not None else _default_clip_tokenizer()
     text_encoder_3 = tokenizer_3 = None
     if t5:
-        config = dict(arch["text_encoder_3"])
-        if "vocab_size" not in config:  # the tiny model: T5 over the tiny tokenizer's vocabulary
-            tokenizer_3 = build_t5_tokenizer()
-            config["vocab_size"] = len(tokenizer_3)
-        else:
-            tokenizer_3 = build_t5_tokenizer()  # stands in for T5's SentencePiece model (ids < its vocab)
-        torch.manual_seed(seed)
-        text_encoder_3 = T5EncoderModel(T5Config(**config, pad_token_id=0, eos_token_id=1,
-                                                 decoder_start_token_id=0)).eval()
+        text_encoder_3, tokenizer_3 = _t5_encoder(arch["text_encoder_3"], seed)
     with torch.device("cpu"):
         scheduler = FlowMatchEulerDiscreteScheduler(**arch["scheduler"])
     return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
@@ -303,10 +313,7 @@ def build_sdxl(name: str = "tiny-sdxl", seed: int = 0, prediction_type: str = "e
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    arch = _arch(name)
-    if arch["family"] != "stable_diffusion_xl":
-        raise ValueError(f"{name!r} is a {arch['family']} architecture; build_sdxl builds "
-                         f"{[n for n, a in ARCHITECTURES.items() if a['family'] == 'stable_diffusion_xl']}.")
+    arch = _arch_of_family(name, "stable_diffusion_xl", "build_sdxl")
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**arch["unet"]).eval()
     torch.manual_seed(seed)
@@ -335,12 +342,9 @@ def build_flux(name: str = "tiny-flux", seed: int = 0, guidance_embeds: bool = F
             ``build_t5_tokenizer()``.
     """
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    arch = _arch(name)
-    if arch["family"] != "flux":
-        raise ValueError(f"{name!r} is a {arch['family']} architecture; build_flux builds "
-                         f"{[n for n, a in ARCHITECTURES.items() if a['family'] == 'flux']}.")
+    arch = _arch_of_family(name, "flux", "build_flux")
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(**arch["transformer"], guidance_embeds=guidance_embeds).eval()
     torch.manual_seed(seed)
@@ -348,12 +352,7 @@ def build_flux(name: str = "tiny-flux", seed: int = 0, guidance_embeds: bool = F
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(**arch["text_encoder"])).eval()
     tokenizer = tokenizer if tokenizer is not None else _default_clip_tokenizer()
-    tokenizer_2 = build_t5_tokenizer()
-    config = dict(arch["text_encoder_2"])
-    config.setdefault("vocab_size", len(tokenizer_2))
-    torch.manual_seed(seed)
-    text_encoder_2 = T5EncoderModel(T5Config(**config, pad_token_id=0, eos_token_id=1,
-                                             decoder_start_token_id=0)).eval()
+    text_encoder_2, tokenizer_2 = _t5_encoder(arch["text_encoder_2"], seed)
     with torch.device("cpu"):
         scheduler = FlowMatchEulerDiscreteScheduler(**arch["scheduler"], use_dynamic_shifting=dynamic_shifting,
                                                     shift=3.0 if dynamic_shifting else 1.0)

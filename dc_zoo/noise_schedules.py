@@ -29,6 +29,7 @@ Bring a schedule the library does not have by implementing ``NoiseSchedule`` (``
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -86,7 +87,7 @@ def estimate_in_target_space(schedule: Any, prediction: torch.Tensor, x_t: torch
     return prediction if estimate is None else estimate(prediction, x_t, t)
 
 
-class _LinearGaussianSchedule:
+class _LinearGaussianSchedule(ABC):
     """``x_t = a x0 + b eps`` and targets ``alpha x0 + beta eps``: the conversion between spaces.
 
     Subclasses give ``coefficients(t) -> (a, b)`` and ``target_coefficients(kind, t) -> (alpha, beta)``,
@@ -109,11 +110,13 @@ class _LinearGaussianSchedule:
                 out.pop(name)
         return out
 
+    @abstractmethod
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """``(a, b)`` of ``x_t = a x0 + b eps`` at grid indices ``t``."""
 
+    @abstractmethod
     def target_coefficients(self, kind: str, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """``(alpha, beta)`` of the target ``alpha x0 + beta eps`` of parameterisation ``kind``."""
 
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a, b = self.coefficients(t)
@@ -157,11 +160,8 @@ class DiscreteDiffusionSchedule(_LinearGaussianSchedule):
     error_space: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("prediction_type", "error_space"):
-            value = getattr(self, name)
-            if name == "error_space" and value is None:
-                continue
-            if value not in PREDICTION_TYPES:
+        for name, value in (("prediction_type", self.prediction_type), ("error_space", self.error_space)):
+            if value is not None and value not in PREDICTION_TYPES:
                 raise ValueError(
                     f"{name} {value!r} is not supported; choose one of {PREDICTION_TYPES} "
                     "(flow-matching models use FlowMatchingSchedule)."
@@ -261,15 +261,12 @@ class FlowMatchingSchedule(_LinearGaussianSchedule):
                        "logit_mean": 0.0, "logit_std": 1.0}
 
     def __post_init__(self) -> None:
-        for name in ("prediction", "error_space"):
-            value = getattr(self, name)
-            if name == "error_space" and value is None:
-                continue
-            if value not in _FLOW_ALIASES:
+        for name, value in (("prediction", self.prediction), ("error_space", self.error_space)):
+            if value is not None and value not in _FLOW_ALIASES:
                 raise ValueError(f"FlowMatchingSchedule {name} {value!r} is not supported; choose one of "
                                  f"{FLOW_PREDICTIONS}.")
-            setattr(self, name, _FLOW_ALIASES[value])
-        self.error_space = self.error_space or self.prediction
+        self.prediction = _FLOW_ALIASES[self.prediction]
+        self.error_space = _FLOW_ALIASES[self.error_space] if self.error_space is not None else self.prediction
         if self.clean_at not in (0, 1):
             raise ValueError(f"clean_at is the network's time of the clean image, 0 or 1; got {self.clean_at!r}.")
         if self.spacing not in FLOW_SPACINGS:

@@ -12,7 +12,7 @@ import torch
 from ..config import PreprocessConfig
 from ..noise_schedules import DiscreteDiffusionSchedule, schedule_from_scheduler
 from .base import DiffusionBackend
-from .latent import encode_with_vae
+from .latent import encode_with_vae, vae_scale_factor
 
 __all__ = ["DiTBackend"]
 
@@ -30,7 +30,7 @@ class DiTBackend(DiffusionBackend):
         self.scheduler = scheduler
         # DiT's training schedule: 1000-step linear betas 1e-4..0.02.
         self.schedule = schedule_from_scheduler(scheduler) if scheduler is not None else DiscreteDiffusionSchedule.linear()
-        size = int(transformer.config.sample_size) * (2 ** (len(vae.config.block_out_channels) - 1))
+        size = int(transformer.config.sample_size) * vae_scale_factor(vae)
         self.preprocess = preprocess or PreprocessConfig(size=size, interpolation="bicubic", crop="adm_center")
         self.id2label = {int(k): v for k, v in (id2label or {}).items()}
         self.num_classes = int(transformer.config.num_embeds_ada_norm)

@@ -42,7 +42,8 @@ import torch
 from ..config import PreprocessConfig
 from ..noise_schedules import FlowMatchingSchedule
 from .base import DiffusionBackend
-from .latent import encode_with_vae
+from .latent import encode_with_vae, vae_scale_factor
+from .prompts import encode_prompt_chunks
 
 __all__ = ["FluxBackend", "DEFAULT_SAMPLE_SIZE", "flux_static_shift"]
 
@@ -118,7 +119,7 @@ class FluxBackend(DiffusionBackend):
                 f"The transformer takes {transformer.config.in_channels} channels per token but packed 2x2 patches of "
                 f"the VAE's {latent_channels}-channel latents have {4 * latent_channels}: a FLUX Fill / Control "
                 "transformer (extra conditioning channels) is not a text-to-image FluxPipeline model.")
-        self._vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self._vae_factor = vae_scale_factor(vae)
         self.preprocess = preprocess or PreprocessConfig(size=DEFAULT_SAMPLE_SIZE * self._vae_factor)
         size = int(self.preprocess.size)
         if size % (2 * self._vae_factor):
@@ -178,20 +179,16 @@ class FluxBackend(DiffusionBackend):
 
     @torch.inference_mode()
     def encode_conditions(self, conditions: Sequence[Any]) -> dict[str, torch.Tensor]:
-        prompts = list(conditions)
-        bad = [p for p in prompts if not isinstance(p, str)]
-        if bad:
-            raise TypeError(f"FLUX candidates are prompts (str); got {type(bad[0]).__name__} {bad[0]!r}.")
         device = next(self.text_encoder.parameters()).device
-        hidden, pooled = [], []
-        for start in range(0, len(prompts), self.text_chunk_size):
-            chunk = prompts[start : start + self.text_chunk_size]
-            embeds, pooled_embeds, _ = self._pipeline.encode_prompt(
-                prompt=chunk, prompt_2=None, device=device, max_sequence_length=self.max_sequence_length)
-            hidden.append(embeds)
-            pooled.append(pooled_embeds)
+
+        def encode(chunk: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            embeds, pooled, _ = self._pipeline.encode_prompt(prompt=chunk, prompt_2=None, device=device,
+                                                             max_sequence_length=self.max_sequence_length)
+            return embeds, pooled
+
+        hidden, pooled = encode_prompt_chunks(conditions, "FLUX", self.text_chunk_size, encode)
         dtype = self._network_dtype()
-        return {"encoder_hidden_states": torch.cat(hidden).to(dtype), "pooled_projections": torch.cat(pooled).to(dtype)}
+        return {"encoder_hidden_states": hidden.to(dtype), "pooled_projections": pooled.to(dtype)}
 
     def unconditional(self) -> dict[str, torch.Tensor]:
         """The empty prompt, encoded as any other prompt (FLUX has no negative-prompt convention)."""

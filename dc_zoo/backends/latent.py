@@ -6,7 +6,18 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["encode_with_vae"]
+__all__ = ["encode_with_vae", "vae_scale_factor", "vae_latent_shape"]
+
+
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent element along a side: 2 per down block after the first (8 for SD's VAE)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def vae_latent_shape(vae, size: int) -> tuple[int, int, int]:
+    """The shape of one ``size`` x ``size`` image's latent: (latent channels, side, side)."""
+    side = int(size) // vae_scale_factor(vae)
+    return (int(vae.config.latent_channels), side, side)
 
 
 @torch.inference_mode()

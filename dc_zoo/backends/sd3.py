@@ -19,7 +19,8 @@ import torch
 from ..config import PreprocessConfig
 from ..noise_schedules import FlowMatchingSchedule, schedule_from_scheduler
 from .base import DiffusionBackend
-from .latent import encode_with_vae
+from .latent import encode_with_vae, vae_latent_shape, vae_scale_factor
+from .prompts import encode_prompt_chunks
 
 __all__ = ["StableDiffusion3Backend"]
 
@@ -64,7 +65,7 @@ class StableDiffusion3Backend(DiffusionBackend):
         if scheduler.config.get("use_dynamic_shifting", False):
             logger.warning("The scheduler shifts its noise levels by resolution (use_dynamic_shifting); the classifier "
                            "uses its static shift=%s (SD3 / SD3.5 repos use the static shift).", self.schedule.shift)
-        self._vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self._vae_factor = vae_scale_factor(vae)
         size = int(transformer.config.sample_size) * self._vae_factor
         self.preprocess = preprocess or PreprocessConfig(size=size)
         self.max_sequence_length = int(max_sequence_length)
@@ -86,31 +87,25 @@ class StableDiffusion3Backend(DiffusionBackend):
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         """The shape of one image's x0: (VAE latent channels, size / 8, size / 8)."""
-        side = self.preprocess.size // self._vae_factor
-        return (int(self.vae.config.latent_channels), side, side)
+        return vae_latent_shape(self.vae, self.preprocess.size)
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return encode_with_vae(self.vae, pixels)  # (mean - shift_factor) x scaling_factor
 
     @torch.inference_mode()
     def encode_conditions(self, conditions: Sequence[Any]) -> dict[str, torch.Tensor]:
-        prompts = list(conditions)
-        bad = [p for p in prompts if not isinstance(p, str)]
-        if bad:
-            raise TypeError(
-                f"Stable Diffusion 3 candidates are prompts (str); got {type(bad[0]).__name__} {bad[0]!r}.")
         device = next(self.text_encoder.parameters()).device
-        hidden, pooled = [], []
-        for start in range(0, len(prompts), self.text_chunk_size):
-            chunk = prompts[start : start + self.text_chunk_size]
-            embeds, _, pooled_embeds, _ = self._pipeline.encode_prompt(
+
+        def encode(chunk: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            embeds, _, pooled, _ = self._pipeline.encode_prompt(
                 prompt=chunk, prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=False,
                 max_sequence_length=self.max_sequence_length,
             )
-            hidden.append(embeds)
-            pooled.append(pooled_embeds)
+            return embeds, pooled
+
+        hidden, pooled = encode_prompt_chunks(conditions, "Stable Diffusion 3", self.text_chunk_size, encode)
         dtype = self._network_dtype()
-        return {"encoder_hidden_states": torch.cat(hidden).to(dtype), "pooled_projections": torch.cat(pooled).to(dtype)}
+        return {"encoder_hidden_states": hidden.to(dtype), "pooled_projections": pooled.to(dtype)}
 
     def unconditional(self) -> dict[str, torch.Tensor]:
         """The empty prompt, encoded as the pipeline encodes its default negative prompt."""

@@ -24,7 +24,8 @@ import torch
 from ..config import PreprocessConfig
 from ..noise_schedules import schedule_from_scheduler
 from .base import DiffusionBackend
-from .latent import encode_with_vae
+from .latent import encode_with_vae, vae_latent_shape, vae_scale_factor
+from .prompts import encode_prompt_chunks
 
 __all__ = ["StableDiffusionXLBackend"]
 
@@ -65,7 +66,7 @@ class StableDiffusionXLBackend(DiffusionBackend):
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
         self.scheduler = scheduler
         self.schedule = schedule_from_scheduler(scheduler)
-        self._vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self._vae_factor = vae_scale_factor(vae)
         size = int(getattr(unet.config, "sample_size", 128)) * self._vae_factor
         self.preprocess = preprocess or PreprocessConfig(size=size)
         self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
@@ -89,8 +90,7 @@ class StableDiffusionXLBackend(DiffusionBackend):
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         """The shape of one image's x0: (VAE latent channels, size / 8, size / 8)."""
-        side = self.preprocess.size // self._vae_factor
-        return (int(self.vae.config.latent_channels), side, side)
+        return vae_latent_shape(self.vae, self.preprocess.size)
 
     def _apply(self, fn, recurse=True):
         # Every cast (.to, .half, ...) ends here; the SDXL VAE goes back to float32 (see the module docstring).
@@ -114,20 +114,14 @@ class StableDiffusionXLBackend(DiffusionBackend):
 
     @torch.inference_mode()
     def encode_conditions(self, conditions: Sequence[Any]) -> dict[str, torch.Tensor]:
-        prompts = list(conditions)
-        bad = [p for p in prompts if not isinstance(p, str)]
-        if bad:
-            raise TypeError(
-                f"Stable Diffusion XL candidates are prompts (str); got {type(bad[0]).__name__} {bad[0]!r}.")
         device = next(self.text_encoder_2.parameters()).device
-        hidden, pooled = [], []
-        for start in range(0, len(prompts), self.text_chunk_size):
-            embeds, _, pooled_embeds, _ = self._pipeline.encode_prompt(
-                prompt=prompts[start : start + self.text_chunk_size], device=device, do_classifier_free_guidance=False,
-            )
-            hidden.append(embeds)
-            pooled.append(pooled_embeds)
-        return self._conditions(torch.cat(hidden), torch.cat(pooled))
+
+        def encode(chunk: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            embeds, _, pooled, _ = self._pipeline.encode_prompt(prompt=chunk, device=device,
+                                                                do_classifier_free_guidance=False)
+            return embeds, pooled
+
+        return self._conditions(*encode_prompt_chunks(conditions, "Stable Diffusion XL", self.text_chunk_size, encode))
 
     def _conditions(self, hidden: torch.Tensor, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
         dtype = self._pipeline.unet.dtype

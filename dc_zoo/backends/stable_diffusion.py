@@ -16,7 +16,7 @@ import torch
 from ..config import PreprocessConfig
 from ..noise_schedules import schedule_from_scheduler
 from .base import DiffusionBackend
-from .latent import encode_with_vae
+from .latent import encode_with_vae, vae_scale_factor
 
 __all__ = ["StableDiffusionBackend", "warn_truncated_prompts"]
 
@@ -70,7 +70,7 @@ class StableDiffusionBackend(DiffusionBackend):
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.schedule = schedule_from_scheduler(scheduler)
-        size = getattr(unet.config, "sample_size", 64) * (2 ** (len(vae.config.block_out_channels) - 1))
+        size = getattr(unet.config, "sample_size", 64) * vae_scale_factor(vae)
         self.preprocess = preprocess or PreprocessConfig(size=int(size))
         self.text_chunk_size = text_chunk_size
         self._prompts_checked: set[str] = set()  # prompts already checked against the token limit
